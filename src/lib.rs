@@ -1,0 +1,3 @@
+pub mod db;
+pub mod messages;
+pub mod mqtt;

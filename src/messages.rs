@@ -1,0 +1,115 @@
+//! Every message that actors send each other, grouped by the actor that handles it.
+//!
+//! To add one: declare it here under its recipient, then `impl Handler<YourMessage>` in the
+//! recipient's file. Sending a message to an actor that lacks the handler does not compile, so
+//! nothing else has to be registered.
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use crate::db::DbError;
+use crate::mqtt::ReasonCode;
+
+// ---- handled by Session ----------------------------------------------------------------------
+
+/// Registry -> Session: close this connection with a server DISCONNECT carrying `reason`
+/// (0x8E when another connection took the client id over [MQTT-3.1.4-3], 0x8B on shutdown).
+/// Reply: once the DISCONNECT is queued and the socket is closing.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Close {
+    pub reason: ReasonCode,
+}
+
+// ---- handled by Registry ---------------------------------------------------------------------
+
+/// Session -> Registry: this connection now owns `client_id`. An older connection with the same
+/// id is sent `Close { reason: SessionTakenOver }` first. Reply: once that close is queued.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Register {
+    pub client_id: String,
+    pub conn_id: u64,
+    pub session: Recipient<Close>,
+}
+
+/// Session -> Registry: this connection has ended. Ignored unless `conn_id` still owns the id
+/// (a taken-over session must not remove its successor).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Unregister {
+    pub client_id: String,
+    pub conn_id: u64,
+}
+
+/// Broker -> Registry: close every session with DISCONNECT 0x8B. Reply: when all of them have
+/// unregistered (the broker bounds the wait).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Anyone -> Registry: how many clients are connected and registered now.
+#[derive(Message, Debug)]
+#[rtype(result = "usize")]
+pub struct ActiveClients;
+
+// ---- handled by DbActor (SyncArbiter, SQLite) ------------------------------------------------
+
+/// Session -> DbActor: check a username and password against the `users` table.
+/// Reply: `Ok(true)` only if the user exists and the password matches its hash.
+#[derive(Message)]
+#[rtype(result = "Result<bool, DbError>")]
+pub struct Authenticate {
+    pub username: String,
+    pub password: Option<Bytes>,
+}
+
+impl std::fmt::Debug for Authenticate {
+    // Never log a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticate").field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+/// Session -> DbActor: `client_id` connected. Reply: once the row is committed.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct RecordConnect {
+    pub client_id: String,
+    /// Unique per connection, so that a late disconnect of a taken-over connection does not
+    /// overwrite its successor's row.
+    pub connection_id: i64,
+    pub username: Option<String>,
+    pub address: String,
+    /// 3, 4 or 5 (the CONNECT protocol level).
+    pub protocol_version: i32,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+}
+
+/// Session -> DbActor: the connection `connection_id` of `client_id` ended. A no-op if a newer
+/// connection has since been recorded for that client id.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct RecordDisconnect {
+    pub client_id: String,
+    pub connection_id: i64,
+    pub at_ms: i64,
+    /// Why it ended, e.g. "client disconnect", "keep-alive timeout", "taken over".
+    pub reason: String,
+}
+
+/// Broker -> DbActor: mark every connection still recorded as open as disconnected at `at_ms`
+/// (at shutdown, and at start-up for rows left open by a crash). Reply: rows updated.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<usize, DbError>")]
+pub struct CloseOpenConnections {
+    pub at_ms: i64,
+    pub reason: String,
+}
+
+/// Broker -> DbActor: checkpoint the WAL into the database file (`wal_checkpoint(TRUNCATE)`),
+/// the last step of a clean shutdown.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct Checkpoint;

@@ -1,0 +1,16 @@
+//! The MQTT 5.0 / 3.1.1 wire format. Knows nothing of actors, sockets or SQL: only bytes, the
+//! packet model and tokio-util's `Decoder`/`Encoder`.
+
+pub mod codec;
+pub mod error;
+pub mod packet;
+pub mod primitives;
+pub mod properties;
+pub mod reason;
+pub mod topic;
+
+
+pub use error::{DecodeError, EncodeError};
+pub use packet::*;
+pub use properties::Properties;
+pub use reason::ReasonCode;
