@@ -1,8 +1,367 @@
 //! Storage: the DbActor on a SyncArbiter, running Diesel on SQLite.
+//!
+//! - [`open_connection`] opens a connection with the PRAGMAs every connection needs.
+//! - [`start`] migrates the database once and starts the DbActor threads.
+//! - [`queries`] holds the SQL as plain functions over `&mut SqliteConnection`; the handlers
+//!   below only call them.
+//! - [`users`] is what the `mqttd user ...` command line calls, and the password check.
+
+pub mod migrate;
+pub mod models;
+pub mod password;
+pub mod queries;
+pub mod schema;
+pub mod users;
+
+use actix::prelude::*;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+
+use crate::messages::{
+    Authenticate, Checkpoint, CloseOpenConnections, RecordConnect, RecordDisconnect,
+};
+pub use migrate::run_migrations;
+use models::NewClientRecord;
 
 /// Errors from the storage layer.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database error: {0}")]
     Query(#[from] diesel::result::Error),
+    #[error("cannot open database: {0}")]
+    Connection(#[from] diesel::ConnectionError),
+    #[error("cannot create database file {path}: {source}")]
+    CreateFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    #[error("password hashing failed: {0}")]
+    Password(String),
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error("no such user {0:?}")]
+    NoSuchUser(String),
+    #[error("invalid input: {0}")]
+    InvalidInput(&'static str),
+}
+
+/// Per-connection PRAGMAs, each its own statement, in this order. `busy_timeout` comes first so
+/// that the switch to WAL (which needs an exclusive lock) already waits instead of failing with
+/// "database is locked" when several connections open at once.
+const PRAGMAS: [&str; 4] = [
+    "PRAGMA busy_timeout = 5000;",
+    "PRAGMA journal_mode = WAL;",
+    "PRAGMA synchronous = NORMAL;",
+    "PRAGMA foreign_keys = ON;",
+];
+
+/// Opens the SQLite database at `path`, creating it readable by its owner only, and applies the
+/// per-connection PRAGMAs (busy timeout 5 s, WAL, synchronous NORMAL, foreign keys on).
+pub fn open_connection(path: &str) -> Result<SqliteConnection, DbError> {
+    create_private_file(path)?;
+    let mut conn = SqliteConnection::establish(path)?;
+    for pragma in PRAGMAS {
+        conn.batch_execute(pragma)?;
+    }
+    Ok(conn)
+}
+
+/// Creates `path` with mode 0600 if it does not exist yet. SQLite would create it with 0644
+/// minus the umask, leaving password hashes world-readable (CVE-2017-9868 in Mosquitto); it
+/// gives the `-wal` and `-shm` files the database file's mode.
+#[cfg(unix)]
+fn create_private_file(path: &str) -> Result<(), DbError> {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|source| DbError::CreateFile {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+#[cfg(not(unix))]
+fn create_private_file(_path: &str) -> Result<(), DbError> {
+    Ok(())
+}
+
+/// Runs the database queries of the broker, one connection per SyncArbiter thread.
+pub struct DbActor {
+    conn: SqliteConnection,
+}
+
+impl DbActor {
+    pub fn new(conn: SqliteConnection) -> Self {
+        DbActor { conn }
+    }
+}
+
+impl Actor for DbActor {
+    type Context = SyncContext<Self>;
+}
+
+/// Migrates the database at `path`, then starts `threads` DbActor threads (at least one), each
+/// with its own connection. Must be called from inside a running actix `System`.
+///
+/// SQLite allows one writer at a time, so extra threads only speed up reads.
+pub fn start(path: &str, threads: usize) -> Result<Addr<DbActor>, DbError> {
+    let mut conn = open_connection(path)?;
+    // Once, here: migrating from every worker's factory races on a fresh database.
+    run_migrations(&mut conn)?;
+    drop(conn);
+    // Compute it now rather than on the first unknown-user login, which would take twice as
+    // long as the others and so reveal that the user does not exist.
+    password::dummy_hash()?;
+
+    let path = path.to_owned();
+    Ok(SyncArbiter::start(threads.max(1), move || {
+        // The factory cannot return an error. The same path was opened and migrated just above,
+        // so this fails only if the file was removed or the process ran out of descriptors
+        // since; a panic then ends this one worker thread with a clear message.
+        let conn = open_connection(&path)
+            .unwrap_or_else(|e| panic!("DbActor: cannot reopen database {path}: {e}"));
+        DbActor::new(conn)
+    }))
+}
+
+// Handlers stay thin and never panic: a panic would kill the SyncArbiter thread for good.
+
+impl Handler<Authenticate> for DbActor {
+    type Result = Result<bool, DbError>;
+
+    fn handle(&mut self, msg: Authenticate, _: &mut Self::Context) -> Self::Result {
+        users::authenticate(&mut self.conn, &msg.username, msg.password.as_deref())
+    }
+}
+
+impl Handler<RecordConnect> for DbActor {
+    type Result = Result<(), DbError>;
+
+    fn handle(&mut self, msg: RecordConnect, _: &mut Self::Context) -> Self::Result {
+        let record = NewClientRecord {
+            client_id: &msg.client_id,
+            connection_id: msg.connection_id,
+            username: msg.username.as_deref(),
+            address: &msg.address,
+            protocol_version: msg.protocol_version,
+            connected_at_ms: msg.at_ms,
+        };
+        queries::record_connect(&mut self.conn, &record)
+    }
+}
+
+impl Handler<RecordDisconnect> for DbActor {
+    type Result = Result<(), DbError>;
+
+    fn handle(&mut self, msg: RecordDisconnect, _: &mut Self::Context) -> Self::Result {
+        let updated = queries::record_disconnect(
+            &mut self.conn,
+            &msg.client_id,
+            msg.connection_id,
+            msg.at_ms,
+            &msg.reason,
+        )?;
+        if !updated {
+            log::debug!(
+                "disconnect of {:?} connection {} not recorded: a newer connection owns the row",
+                msg.client_id,
+                msg.connection_id
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Handler<CloseOpenConnections> for DbActor {
+    type Result = Result<usize, DbError>;
+
+    fn handle(&mut self, msg: CloseOpenConnections, _: &mut Self::Context) -> Self::Result {
+        queries::close_open_connections(&mut self.conn, msg.at_ms, &msg.reason)
+    }
+}
+
+impl Handler<Checkpoint> for DbActor {
+    type Result = Result<(), DbError>;
+
+    fn handle(&mut self, _: Checkpoint, _: &mut Self::Context) -> Self::Result {
+        if !queries::checkpoint(&mut self.conn)? {
+            log::warn!("WAL checkpoint incomplete: another connection is still reading");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::sql_types::{BigInt, Text};
+
+    #[derive(QueryableByName)]
+    struct JournalMode {
+        #[diesel(sql_type = Text)]
+        journal_mode: String,
+    }
+
+    #[derive(QueryableByName)]
+    struct ForeignKeys {
+        #[diesel(sql_type = BigInt)]
+        foreign_keys: i64,
+    }
+
+    // `PRAGMA busy_timeout` names its result column "timeout".
+    #[derive(QueryableByName)]
+    struct BusyTimeout {
+        #[diesel(sql_type = BigInt)]
+        timeout: i64,
+    }
+
+    #[derive(QueryableByName)]
+    struct Synchronous {
+        #[diesel(sql_type = BigInt)]
+        synchronous: i64,
+    }
+
+    fn temp_db() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.db").display().to_string();
+        (dir, path)
+    }
+
+    #[test]
+    fn pragmas_are_in_effect() {
+        let (_dir, path) = temp_db();
+        let conn = &mut open_connection(&path).unwrap();
+
+        let mode: JournalMode = diesel::sql_query("PRAGMA journal_mode")
+            .get_result(conn)
+            .unwrap();
+        assert_eq!(mode.journal_mode, "wal");
+        let fk: ForeignKeys = diesel::sql_query("PRAGMA foreign_keys")
+            .get_result(conn)
+            .unwrap();
+        assert_eq!(fk.foreign_keys, 1);
+        let busy: BusyTimeout = diesel::sql_query("PRAGMA busy_timeout")
+            .get_result(conn)
+            .unwrap();
+        assert_eq!(busy.timeout, 5000);
+        let sync: Synchronous = diesel::sql_query("PRAGMA synchronous")
+            .get_result(conn)
+            .unwrap();
+        assert_eq!(sync.synchronous, 1, "1 = NORMAL");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let (_dir, path) = temp_db();
+        let conn = &mut open_connection(&path).unwrap();
+        run_migrations(conn).unwrap();
+        for file in [path.clone(), format!("{path}-wal"), format!("{path}-shm")] {
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{file}");
+        }
+    }
+
+    #[test]
+    fn open_fails_in_a_missing_directory() {
+        let (_dir, path) = temp_db();
+        let err = open_connection(&format!("{path}/nope/x.db")).err().unwrap();
+        assert!(matches!(err, DbError::CreateFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn migrations_run_twice_are_a_no_op() {
+        let (_dir, path) = temp_db();
+        let conn = &mut open_connection(&path).unwrap();
+        run_migrations(conn).unwrap();
+        queries::add_user(conn, "alice", "hash", 1).unwrap();
+        run_migrations(conn).unwrap();
+        assert_eq!(queries::list_users(conn).unwrap().len(), 1);
+    }
+
+    #[actix::test]
+    async fn db_actor_handles_every_message() {
+        let (_dir, path) = temp_db();
+        let hash = password::hash(b"secret").unwrap();
+        {
+            let conn = &mut open_connection(&path).unwrap();
+            run_migrations(conn).unwrap();
+            queries::add_user(conn, "alice", &hash, 1).unwrap();
+        }
+        let db = start(&path, 2).unwrap();
+
+        let auth = |username: &str, password: Option<&'static [u8]>| Authenticate {
+            username: username.to_owned(),
+            password: password.map(bytes::Bytes::from_static),
+        };
+        assert!(
+            db.send(auth("alice", Some(b"secret")))
+                .await
+                .unwrap()
+                .unwrap()
+        );
+        assert!(
+            !db.send(auth("alice", Some(b"wrong")))
+                .await
+                .unwrap()
+                .unwrap()
+        );
+        assert!(!db.send(auth("alice", None)).await.unwrap().unwrap());
+        assert!(
+            !db.send(auth("bob", Some(b"secret")))
+                .await
+                .unwrap()
+                .unwrap()
+        );
+
+        let connect = |client_id: &str, connection_id: i64| RecordConnect {
+            client_id: client_id.to_owned(),
+            connection_id,
+            username: Some("alice".to_owned()),
+            address: "127.0.0.1:1883".to_owned(),
+            protocol_version: 5,
+            at_ms: 100,
+        };
+        db.send(connect("c1", 1)).await.unwrap().unwrap();
+        db.send(connect("c2", 2)).await.unwrap().unwrap();
+        db.send(RecordDisconnect {
+            client_id: "c1".to_owned(),
+            connection_id: 1,
+            at_ms: 200,
+            reason: "client disconnect".to_owned(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let closed = db
+            .send(CloseOpenConnections {
+                at_ms: 300,
+                reason: "shutdown".to_owned(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(closed, 1, "only c2 was still open");
+        db.send(Checkpoint).await.unwrap().unwrap();
+
+        let conn = &mut open_connection(&path).unwrap();
+        let c1 = queries::get_client(conn, "c1").unwrap().unwrap();
+        assert_eq!(c1.disconnected_at_ms, Some(200));
+        assert_eq!(c1.disconnect_reason.as_deref(), Some("client disconnect"));
+        let c2 = queries::get_client(conn, "c2").unwrap().unwrap();
+        assert_eq!(c2.disconnected_at_ms, Some(300));
+        assert_eq!(c2.disconnect_reason.as_deref(), Some("shutdown"));
+        // TRUNCATE left an empty WAL behind.
+        assert_eq!(std::fs::metadata(format!("{path}-wal")).unwrap().len(), 0);
+    }
 }

@@ -1,0 +1,24 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    clients (client_id) {
+        client_id -> Text,
+        connection_id -> BigInt,
+        username -> Nullable<Text>,
+        address -> Text,
+        protocol_version -> Integer,
+        connected_at_ms -> BigInt,
+        disconnected_at_ms -> Nullable<BigInt>,
+        disconnect_reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    users (username) {
+        username -> Text,
+        password_hash -> Text,
+        created_at_ms -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(clients, users,);
