@@ -67,7 +67,9 @@ pub struct Authenticate {
 impl std::fmt::Debug for Authenticate {
     // Never log a password.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticate").field("username", &self.username).finish_non_exhaustive()
+        f.debug_struct("Authenticate")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
     }
 }
 
@@ -113,3 +115,10 @@ pub struct CloseOpenConnections {
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), DbError>")]
 pub struct Checkpoint;
+
+// ---- handled by Listener ---------------------------------------------------------------------
+
+/// Broker -> Listener: stop accepting and close the listening socket (first step of shutdown).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct StopAccepting;

@@ -4,12 +4,11 @@
 //! The command-line functions open the database themselves and run the migrations, so they
 //! work on a fresh file and next to a running broker (SQLite serialises the writes).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use diesel::SqliteConnection;
 
 use super::models::User;
 use super::{DbError, open_connection, password, queries, run_migrations};
+use crate::clock::unix_millis;
 
 /// Whether `password` is the password of `username`. An absent or empty password never
 /// matches. An unknown user costs the time of one verification, like a wrong password, so
@@ -35,7 +34,7 @@ pub fn authenticate(
 pub fn add_user(db_path: &str, username: &str, password: &str) -> Result<(), DbError> {
     check_username(username)?;
     let hash = hash_new_password(password)?;
-    queries::add_user(&mut open_migrated(db_path)?, username, &hash, now_ms())
+    queries::add_user(&mut open_migrated(db_path)?, username, &hash, unix_millis())
 }
 
 /// Sets a new password for `username`. Fails with [`DbError::NoSuchUser`] if it does not exist.
@@ -83,13 +82,6 @@ fn hash_new_password(password: &str) -> Result<String, DbError> {
         return Err(DbError::InvalidInput("password must not be empty"));
     }
     password::hash(password.as_bytes())
-}
-
-fn now_ms() -> i64 {
-    // A clock before 1970 is not worth failing a user command over.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

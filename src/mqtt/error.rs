@@ -40,6 +40,8 @@ pub enum DecodeError {
     WillFlagsWithoutWill,
     #[error("[MQTT-3.1.2-12] [MQTT-3.3.1-4] QoS 3 is not a valid QoS")]
     InvalidQoS,
+    #[error("§3.8.3.1 Maximum QoS 3 in subscription options")]
+    InvalidSubscriptionQoS,
     #[error("[MQTT-3.1.2-22] (3.1.1) Password Flag set without User Name Flag")]
     PasswordWithoutUsername,
     #[error("[MQTT-3.3.1-2] DUP set on a QoS 0 PUBLISH")]
@@ -68,6 +70,8 @@ pub enum DecodeError {
     InvalidRetainHandling,
     #[error("§2.1.2 {0} does not exist in this protocol version")]
     PacketNotInVersion(&'static str),
+    #[error("[MQTT-3.2.2-1] CONNACK acknowledge flags bits 7-1 are reserved and must be 0")]
+    ConnAckReservedFlags,
     /// An error inside a CONNECT whose protocol level the decoder had read; `version` is the
     /// format a CONNACK reply must use (V5 also for unsupported levels, as Mosquitto does).
     #[error("in CONNECT: {source}")]
@@ -93,7 +97,7 @@ impl DecodeError {
             | InvalidPropertyValue { .. }
             | AuthDataWithoutMethod
             | NoTopicFilters(_)
-            | InvalidQoS
+            | InvalidSubscriptionQoS
             | InvalidRetainHandling => ReasonCode::ProtocolError,
             TopicAliasZero => ReasonCode::TopicAliasInvalid,
             InConnect { source, .. } => source.reason_code(),
@@ -107,12 +111,14 @@ impl DecodeError {
             | ConnectReservedFlag
             | WillFlagsWithoutWill
             | PasswordWithoutUsername
+            | InvalidQoS
             | DupOnQoS0
             | UnknownProperty(_)
             | PropertyNotAllowed { .. }
             | InvalidReasonCode { .. }
             | SubscriptionOptionsReservedBits
-            | PacketNotInVersion(_) => ReasonCode::MalformedPacket,
+            | PacketNotInVersion(_)
+            | ConnAckReservedFlags => ReasonCode::MalformedPacket,
         }
     }
 }
@@ -124,6 +130,14 @@ pub enum EncodeError {
     Io(#[from] io::Error),
     #[error("[MQTT-1.5.4-1] string of {0} bytes is longer than 65,535")]
     StringTooLong(usize),
+    #[error("§1.5.6 binary data of {0} bytes is longer than 65,535")]
+    BinaryTooLong(usize),
+    #[error("§1.5.5 {0} does not fit a Variable Byte Integer (max 268,435,455)")]
+    VariableByteIntegerTooLarge(u32),
+    #[error("§2.2.1 a QoS {0} PUBLISH needs a packet identifier")]
+    MissingPacketId(u8),
+    #[error("no CONNECT seen yet, so the protocol version is unknown")]
+    UnknownVersion,
     #[error("packet of {size} bytes exceeds the limit of {max}")]
     PacketTooLarge { size: usize, max: u32 },
     #[error("{0} cannot be sent in this protocol version")]

@@ -7,9 +7,11 @@ pub mod packet;
 pub mod primitives;
 pub mod properties;
 pub mod reason;
+#[cfg(test)]
+mod testutil;
 pub mod topic;
 
-
+pub use codec::MqttCodec;
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
 pub use properties::Properties;

@@ -4,9 +4,11 @@
 //! left at their defaults for 3.1.1; the encoder leaves them off the wire and the decoder fills
 //! in the defaults. Each packet family has its own file with `decode`/`encode` and byte vectors.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
-use super::properties::Properties;
+use super::error::{DecodeError, EncodeError};
+use super::primitives::{expect_end, read_u8, read_u16};
+use super::properties::{Properties, PropertyContext};
 use super::reason::ReasonCode;
 
 pub mod ack;
@@ -231,4 +233,69 @@ pub struct Disconnect {
 pub struct Auth {
     pub reason: ReasonCode,
     pub properties: Properties,
+}
+
+/// Reads a Packet Identifier that must not be 0 (SUBSCRIBE, UNSUBSCRIBE, QoS>0 PUBLISH)
+/// [MQTT-2.2.1-3].
+fn read_nonzero_packet_id(buf: &mut Bytes) -> Result<u16, DecodeError> {
+    match read_u16(buf)? {
+        0 => Err(DecodeError::ZeroPacketIdentifier),
+        id => Ok(id),
+    }
+}
+
+/// Reads a v5 reason code and checks it is one the spec lists for `packet`.
+fn read_reason(
+    buf: &mut Bytes,
+    packet: &'static str,
+    allowed: fn(ReasonCode) -> bool,
+) -> Result<ReasonCode, DecodeError> {
+    let code = read_u8(buf)?;
+    ReasonCode::from_u8(code)
+        .filter(|&rc| allowed(rc))
+        .ok_or(DecodeError::InvalidReasonCode { code, packet })
+}
+
+/// The v5 tail of PUBACK/PUBREC/PUBREL/PUBCOMP (after the packet id), DISCONNECT and AUTH:
+/// nothing means Success without properties, one byte is a reason code without properties,
+/// more is a reason code and a property block (§3.4.2.1, §3.14.2.1, §3.15.2.1).
+fn decode_reason_tail(
+    body: &mut Bytes,
+    ctx: PropertyContext,
+    allowed: fn(ReasonCode) -> bool,
+) -> Result<(ReasonCode, Properties), DecodeError> {
+    let mut reason = ReasonCode::Success;
+    let mut properties = Properties::default();
+    if !body.is_empty() {
+        reason = read_reason(body, ctx.name(), allowed)?;
+    }
+    if !body.is_empty() {
+        properties = Properties::decode(body, ctx)?;
+    }
+    expect_end(body, ctx.name())?;
+    Ok((reason, properties))
+}
+
+/// Length of the tail that carries `reason` and `properties`: nothing for Success without
+/// properties, else the reason code and the properties. The Property Length byte is written
+/// even when it is 0: the spec lets it be omitted, but some clients (rumqttc 0.25's
+/// DISCONNECT parser) cannot read the 1-byte form.
+fn reason_tail_len(reason: ReasonCode, properties: &Properties) -> usize {
+    if properties.is_empty() && reason == ReasonCode::Success {
+        0
+    } else {
+        1 + properties.encoded_len()
+    }
+}
+
+fn encode_reason_tail(
+    dst: &mut BytesMut,
+    reason: ReasonCode,
+    properties: &Properties,
+) -> Result<(), EncodeError> {
+    if !properties.is_empty() || reason != ReasonCode::Success {
+        dst.put_u8(reason as u8);
+        properties.encode(dst)?;
+    }
+    Ok(())
 }

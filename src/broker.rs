@@ -1,0 +1,134 @@
+//! Starting and stopping a broker: the database, the Registry, the session Arbiters and one
+//! Listener per bound address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::time::Duration;
+
+use actix::prelude::*;
+use log::{info, warn};
+use tokio::net::TcpListener;
+
+use crate::clock::unix_millis;
+use crate::config::Config;
+use crate::db::{self, DbActor};
+use crate::error::BrokerError;
+use crate::listener::Listener;
+use crate::messages::{Checkpoint, CloseOpenConnections, Shutdown, StopAccepting};
+use crate::registry::Registry;
+
+/// How long shutdown waits for sessions to send DISCONNECT 0x8B and close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What every session needs: configuration and the addresses of the shared actors.
+pub struct Shared {
+    pub config: Config,
+    pub anonymous_allowed: bool,
+    pub registry: Addr<Registry>,
+    pub db: Addr<DbActor>,
+    /// Open connections over all listeners (see `session::ConnectionSlot`).
+    pub connections: AtomicUsize,
+}
+
+/// A running broker. Dropping it does not stop it; call `shutdown`.
+pub struct Broker {
+    /// The bound address of each listener, in configuration order (port 0 resolved).
+    pub local_addrs: Vec<SocketAddr>,
+    pub registry: Addr<Registry>,
+    pub db: Addr<DbActor>,
+    listeners: Vec<Addr<Listener>>,
+    arbiters: Vec<Arbiter>,
+}
+
+/// Starts a broker inside the current actix `System`: migrates the database, starts the
+/// DbActor, the Registry and `config.worker_count()` session Arbiters, and binds every listener.
+pub async fn start(config: Config) -> Result<Broker, BrokerError> {
+    let db_path = config.db_path.to_string_lossy().into_owned();
+    let db = db::start(&db_path, config.db_threads)?;
+    // Rows still open were left by a crash or kill: their end time is unknown, so they are
+    // closed at the time the broker came back.
+    let stale = db
+        .send(CloseOpenConnections {
+            at_ms: unix_millis(),
+            reason: "broker restart".into(),
+        })
+        .await??;
+    if stale > 0 {
+        info!("marked {stale} connection(s) left open by the previous run as disconnected");
+    }
+    let registry = Registry::default().start();
+    let shared = Arc::new(Shared {
+        anonymous_allowed: config.anonymous_allowed(),
+        registry: registry.clone(),
+        db: db.clone(),
+        connections: AtomicUsize::new(0),
+        config,
+    });
+    let arbiters: Vec<Arbiter> = (0..shared.config.worker_count())
+        .map(|_| Arbiter::new())
+        .collect();
+    let handles: Arc<[ArbiterHandle]> = arbiters.iter().map(Arbiter::handle).collect();
+    // Connection ids start at the start-up time in microseconds, so they stay unique across
+    // restarts too (the database uses them to match a disconnect to its connect).
+    let conn_ids = Arc::new(AtomicU64::new(unix_millis() as u64 * 1000));
+    let mut listeners = Vec::new();
+    let mut local_addrs = Vec::new();
+    for addr in shared.config.bind_addrs() {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| BrokerError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| BrokerError::Bind { addr, source })?;
+        info!("listening on {local}");
+        local_addrs.push(local);
+        listeners.push(Listener::start(
+            listener,
+            shared.clone(),
+            handles.clone(),
+            conn_ids.clone(),
+        ));
+    }
+    Ok(Broker {
+        local_addrs,
+        registry,
+        db,
+        listeners,
+        arbiters,
+    })
+}
+
+impl Broker {
+    /// Clean shutdown: stop accepting, send DISCONNECT 0x8B to every client [MQTT-3.14.0-1 is
+    /// respected: only clients past CONNACK get one], record the disconnect times, checkpoint
+    /// the WAL and stop the session Arbiters.
+    pub async fn shutdown(self) {
+        for listener in &self.listeners {
+            let _ = listener.send(StopAccepting).await;
+        }
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.registry.send(Shutdown))
+            .await
+            .is_err()
+        {
+            warn!("shutdown: some sessions did not close within {SHUTDOWN_GRACE:?}");
+        }
+        let closed = CloseOpenConnections {
+            at_ms: unix_millis(),
+            reason: "server shutdown".into(),
+        };
+        match self.db.send(closed).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!("shutdown: recording disconnect times failed: {e}"),
+            Err(e) => warn!("shutdown: database actor unavailable: {e}"),
+        }
+        match self.db.send(Checkpoint).await {
+            Ok(Ok(())) => info!("database checkpointed"),
+            Ok(Err(e)) => warn!("shutdown: WAL checkpoint failed: {e}"),
+            Err(e) => warn!("shutdown: database actor unavailable: {e}"),
+        }
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+}

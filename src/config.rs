@@ -1,0 +1,223 @@
+//! Broker configuration: a TOML file (see `docs/mqttd.example.toml`), overridden by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The address the broker listens on when no listener is configured.
+pub const DEFAULT_BIND: &str = "127.0.0.1:1883";
+
+/// Everything the broker reads at start-up. Every field has a default, so an empty file is a
+/// valid configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[[listener]]` tables. Empty means the default loopback listener on 127.0.0.1:1883.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// SQLite database file; created (mode 0600) and migrated at start-up.
+    pub db_path: PathBuf,
+    /// Whether clients may connect without a username. Unset follows Mosquitto 2.0: allowed
+    /// only while no listener is configured beyond the default loopback one.
+    pub allow_anonymous: Option<bool>,
+    /// Threads (actix Arbiters) that run client sessions; 0 = one per available core.
+    pub workers: usize,
+    /// Threads of the DbActor's SyncArbiter (SQLite connections).
+    pub db_threads: usize,
+    pub limits: Limits,
+}
+
+/// One `[[listener]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `ADDR:PORT`; port 0 picks a free port.
+    pub bind: SocketAddr,
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Simultaneous connections over all listeners; 0 = unlimited. A connection over the limit
+    /// is closed right after accept, before any byte is read (as Mosquitto does).
+    pub max_connections: usize,
+    /// Largest packet accepted from a client, in bytes, fixed header included; announced as
+    /// Maximum Packet Size in CONNACK. The spec's ceiling is 268,435,460.
+    pub max_packet_size: u32,
+    /// Largest Keep Alive granted, in seconds. A v5 client asking for more (or for 0) is told
+    /// this value in Server Keep Alive; a v3.1.1 client is refused, as Mosquitto does. 65535
+    /// means no cap.
+    pub max_keep_alive: u16,
+    /// Seconds a new connection may take to complete CONNECT before it is closed.
+    pub connect_timeout: u64,
+    /// Receive Maximum announced in CONNACK: QoS 2 messages a client may have awaiting PUBREL.
+    pub receive_maximum: u16,
+    /// Longest client identifier accepted, in bytes (1-23 alphanumerics are always accepted).
+    pub max_client_id_len: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: Vec::new(),
+            db_path: PathBuf::from("mqttd.db"),
+            allow_anonymous: None,
+            workers: 0,
+            db_threads: 2,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 0,
+            max_packet_size: 1024 * 1024,
+            max_keep_alive: u16::MAX,
+            connect_timeout: 10,
+            receive_maximum: 100,
+            max_client_id_len: 65_535,
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid value for `{key}`: {why}")]
+    Invalid {
+        key: &'static str,
+        why: &'static str,
+    },
+}
+
+impl Config {
+    /// Reads and validates a TOML file. Unknown keys are errors, so typos do not pass silently.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, why| Err(ConfigError::Invalid { key, why });
+        let l = &self.limits;
+        if l.max_packet_size < 16 || l.max_packet_size > 268_435_460 {
+            return invalid("limits.max_packet_size", "must be between 16 and 268435460");
+        }
+        if l.receive_maximum == 0 {
+            return invalid("limits.receive_maximum", "must be at least 1");
+        }
+        if l.max_keep_alive == 0 {
+            return invalid("limits.max_keep_alive", "must be at least 1");
+        }
+        if l.connect_timeout == 0 {
+            return invalid("limits.connect_timeout", "must be at least 1 second");
+        }
+        if l.max_client_id_len < 23 {
+            return invalid(
+                "limits.max_client_id_len",
+                "must be at least 23 [MQTT-3.1.3-5]",
+            );
+        }
+        if self.db_threads == 0 {
+            return invalid("db_threads", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The addresses to listen on: the configured ones, or the default loopback listener.
+    pub fn bind_addrs(&self) -> Vec<SocketAddr> {
+        if self.listeners.is_empty() {
+            vec![
+                DEFAULT_BIND
+                    .parse()
+                    .expect("DEFAULT_BIND is a valid address"),
+            ]
+        } else {
+            self.listeners.iter().map(|l| l.bind).collect()
+        }
+    }
+
+    /// Mosquitto 2.0's rule: anonymous clients are allowed by default only on the default
+    /// loopback-only listener; once a listener is configured, `allow_anonymous = true` is needed.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.listeners.is_empty())
+    }
+
+    /// Session Arbiters to start.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.connect_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults_and_anonymous_on_loopback() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c.bind_addrs(), vec![DEFAULT_BIND.parse().unwrap()]);
+        assert!(c.anonymous_allowed());
+        assert_eq!(c.limits.max_packet_size, 1024 * 1024);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_configured_listener_turns_anonymous_off_unless_allowed() {
+        let c: Config = toml::from_str("[[listener]]\nbind = \"0.0.0.0:1883\"\n").unwrap();
+        assert!(!c.anonymous_allowed());
+        let c: Config =
+            toml::from_str("allow_anonymous = true\n[[listener]]\nbind = \"0.0.0.0:1883\"\n")
+                .unwrap();
+        assert!(c.anonymous_allowed());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        assert!(toml::from_str::<Config>("max_conections = 3").is_err());
+        let c: Config = toml::from_str("[limits]\nreceive_maximum = 0\n").unwrap();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "limits.receive_maximum",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/mqttd.example.toml");
+        Config::from_file(&path).unwrap();
+    }
+}

@@ -1,0 +1,74 @@
+//! Why a session ends or refuses a connection, and the reason code each gets.
+//!
+//! `Session::fail` is the one place that turns these into CONNACK or DISCONNECT packets.
+
+use crate::mqtt::{DecodeError, ReasonCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("[MQTT-3.1.0-2] second CONNECT on one connection")]
+    SecondConnect,
+    #[error("[MQTT-4.13.1-1] a client sent {0}, which only a server may send")]
+    ServerOnlyPacket(&'static str),
+    #[error("[MQTT-3.1.3-8] client identifier not accepted")]
+    ClientIdNotValid,
+    #[error("[MQTT-3.1.2-22] keep alive {0}s is over the server maximum (3.1.1 cannot be told)")]
+    KeepAliveTooLong(u16),
+    #[error("[MQTT-4.12.0-1] authentication method {0:?} is not supported")]
+    BadAuthenticationMethod(String),
+    #[error("[MQTT-4.12.0-7] AUTH without an Authentication Method in CONNECT")]
+    UnexpectedAuth,
+    #[error("[MQTT-3.1.4-2] bad user name or password")]
+    BadCredentials,
+    #[error("[MQTT-3.1.4-2] anonymous clients are not allowed")]
+    AnonymousNotAllowed,
+    #[error("server unavailable: {0}")]
+    ServerUnavailable(String),
+    #[error("[MQTT-3.3.2-2] topic name {0:?} is not valid")]
+    TopicNameInvalid(String),
+    #[error("[MQTT-3.3.2-12] Topic Alias used, but the Topic Alias Maximum is 0")]
+    TopicAliasInvalid,
+    #[error("§3.3.4 zero-length topic without a Topic Alias")]
+    EmptyTopic,
+    #[error("[MQTT-3.3.4-6] a client PUBLISH carries a Subscription Identifier")]
+    SubscriptionIdentifierInPublish,
+    #[error("[MQTT-3.2.2-14] RETAIN set, but Retain Available is 0")]
+    RetainNotSupported,
+    #[error("§3.3.4 more than Receive Maximum ({0}) QoS 2 publications awaiting PUBREL")]
+    ReceiveMaximumExceeded(u16),
+    #[error("§3.2.2.3.12 Subscription Identifier sent, but not available")]
+    SubscriptionIdentifiersNotSupported,
+    #[error("§3.14.2.2.2 DISCONNECT sets a Session Expiry after CONNECT set 0")]
+    SessionExpiryAfterZero,
+    #[error("[MQTT-3.1.2-22] nothing received for 1.5 x the keep alive of {0}s")]
+    KeepAliveTimeout(u16),
+}
+
+impl SessionError {
+    /// The reason code for CONNACK (before the session is established) or DISCONNECT (after).
+    pub fn reason_code(&self) -> ReasonCode {
+        use SessionError::*;
+        match self {
+            Decode(e) => e.reason_code(),
+            SecondConnect
+            | ServerOnlyPacket(_)
+            | UnexpectedAuth
+            | EmptyTopic
+            | SubscriptionIdentifierInPublish
+            | SessionExpiryAfterZero => ReasonCode::ProtocolError,
+            ClientIdNotValid | KeepAliveTooLong(_) => ReasonCode::ClientIdentifierNotValid,
+            BadAuthenticationMethod(_) => ReasonCode::BadAuthenticationMethod,
+            BadCredentials => ReasonCode::BadUserNameOrPassword,
+            AnonymousNotAllowed => ReasonCode::NotAuthorized,
+            ServerUnavailable(_) => ReasonCode::ServerUnavailable,
+            TopicNameInvalid(_) => ReasonCode::TopicNameInvalid,
+            TopicAliasInvalid => ReasonCode::TopicAliasInvalid,
+            RetainNotSupported => ReasonCode::RetainNotSupported,
+            ReceiveMaximumExceeded(_) => ReasonCode::ReceiveMaximumExceeded,
+            SubscriptionIdentifiersNotSupported => ReasonCode::SubscriptionIdentifiersNotSupported,
+            KeepAliveTimeout(_) => ReasonCode::KeepAliveTimeout,
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! The Session actor: one per network connection.
+//!
+//! Bytes become packets in the `FramedRead` stream added at start (see `mqtt::MqttCodec`);
+//! every packet goes through the single `dispatch` match, every error through `fail`, which is
+//! the only place that sends a refusing CONNACK or a server DISCONNECT. Replies are written
+//! with a `FramedWrite`, opened when CONNECT reveals the protocol version.
+
+mod connect;
+mod error;
+mod keepalive;
+mod publish;
+mod subscribe;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use actix::io::{FramedWrite, WriteHandler};
+use actix::prelude::*;
+use log::{debug, info, warn};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::FramedRead;
+
+pub use error::SessionError;
+
+use crate::broker::Shared;
+use crate::clock::unix_millis;
+use crate::messages::{Close, RecordDisconnect, Unregister};
+use crate::mqtt::{
+    ConnAck, DecodeError, Disconnect, EncodeError, MqttCodec, Packet, ProtocolVersion, ReasonCode,
+};
+
+/// How long a closing connection may take to flush its last packet before it is dropped.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+type BoxedRead = Box<dyn AsyncRead + Unpin>;
+type BoxedWrite = Box<dyn AsyncWrite + Unpin>;
+type PacketWriter = FramedWrite<Packet, BoxedWrite, MqttCodec>;
+
+/// Counts a connection against `max_connections` for as long as it lives.
+pub struct ConnectionSlot(Arc<Shared>);
+
+impl ConnectionSlot {
+    /// `None` when the broker is at `max_connections`.
+    pub fn acquire(shared: &Arc<Shared>) -> Option<ConnectionSlot> {
+        let max = shared.config.limits.max_connections;
+        let previous = shared.connections.fetch_add(1, Ordering::AcqRel);
+        if max != 0 && previous >= max {
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionSlot(shared.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The writing half: nothing may be written before CONNECT tells the protocol version.
+enum Writer {
+    Unopened(Option<BoxedWrite>),
+    Open(PacketWriter),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for CONNECT; the connect timeout runs.
+    AwaitingConnect,
+    /// CONNECT read, authentication and registration under way; replies use this version.
+    Connecting(ProtocolVersion),
+    Connected,
+    /// A final packet (if any) is being flushed; every further packet is ignored, so nothing
+    /// pipelined after a refused CONNECT is processed [MQTT-3.1.4-2].
+    Closing,
+}
+
+/// What the session knows once CONNECT was accepted.
+struct Client {
+    client_id: String,
+    protocol: ProtocolVersion,
+    /// The keep-alive in force (Server Keep Alive if the server imposed one), seconds.
+    keep_alive: u16,
+    /// Session Expiry Interval from CONNECT (0 when absent).
+    session_expiry: u32,
+    /// The connect row is committed, so the disconnect must be recorded too.
+    recorded: bool,
+    /// Packet ids of inbound QoS 2 PUBLISH answered with PUBREC and awaiting PUBREL.
+    awaiting_rel: HashSet<u16>,
+}
+
+pub struct Session {
+    conn_id: u64,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    _slot: ConnectionSlot,
+    writer: Writer,
+    reader: Option<BoxedRead>,
+    phase: Phase,
+    client: Option<Client>,
+    /// When the last packet arrived (keep-alive).
+    last_packet: Instant,
+    /// Recorded in the database when the connection ends.
+    end_reason: String,
+}
+
+impl Session {
+    /// Builds a session for an accepted TCP socket; runs on the Arbiter that will own it.
+    pub fn from_std_tcp(
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        conn_id: u64,
+        slot: ConnectionSlot,
+        shared: Arc<Shared>,
+        ctx: &mut Context<Session>,
+    ) -> Session {
+        let (reader, writer): (Option<BoxedRead>, Option<BoxedWrite>) =
+            match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => {
+                    let (r, w) = s.into_split();
+                    (Some(Box::new(r)), Some(Box::new(w)))
+                }
+                Err(e) => {
+                    warn!("{peer}: cannot register the socket: {e}");
+                    ctx.stop();
+                    (None, None)
+                }
+            };
+        Session {
+            conn_id,
+            peer,
+            shared,
+            _slot: slot,
+            writer: Writer::Unopened(writer),
+            reader,
+            phase: Phase::AwaitingConnect,
+            client: None,
+            last_packet: Instant::now(),
+            end_reason: "connection closed".into(),
+        }
+    }
+
+    /// Queues a packet. Before CONNECT nothing can be written, and nothing needs to be.
+    fn send(&mut self, packet: Packet) {
+        if let Writer::Open(w) = &mut self.writer {
+            w.write(packet);
+        }
+    }
+
+    /// Opens the writer in the protocol version of the CONNECT being handled. `max_outbound` is
+    /// the client's Maximum Packet Size.
+    fn open_writer(
+        &mut self,
+        version: ProtocolVersion,
+        max_outbound: Option<u32>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Writer::Unopened(io) = &mut self.writer
+            && let Some(io) = io.take()
+        {
+            let mut codec = MqttCodec::new(version, self.shared.config.limits.max_packet_size);
+            codec.set_max_outbound(max_outbound);
+            self.writer = Writer::Open(FramedWrite::new(io, codec, ctx));
+        }
+    }
+
+    /// Ends the connection: flush what is queued, then stop (see `WriteHandler::finished`).
+    /// Stopping the context directly would drop the last packet unsent (gotchas item 4).
+    fn close(&mut self, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        self.phase = Phase::Closing;
+        match &mut self.writer {
+            Writer::Open(w) => {
+                w.close();
+                // A peer that never reads would keep the flush, and the socket, forever.
+                ctx.run_later(CLOSE_FLUSH_TIMEOUT, |_, ctx| ctx.stop());
+            }
+            Writer::Unopened(_) => ctx.stop(),
+        }
+    }
+
+    /// The one place where an error becomes a reply: a CONNACK with the reason code while
+    /// CONNECT is being handled, a DISCONNECT once connected (v5 only; 3.1.1 has no server
+    /// DISCONNECT), nothing before CONNECT [MQTT-3.14.0-1]; then the connection is closed.
+    fn fail(&mut self, err: SessionError, ctx: &mut Context<Self>) {
+        let reason = err.reason_code();
+        match (self.phase, &err) {
+            (Phase::Closing, _) => return,
+            (
+                Phase::AwaitingConnect,
+                SessionError::Decode(DecodeError::InConnect { version, .. }),
+            ) => {
+                let version = *version;
+                self.open_writer(version, None, ctx);
+                self.refuse(version, reason);
+            }
+            (Phase::Connecting(version), _) => self.refuse(version, reason),
+            (Phase::Connected, _) => {
+                if self.client.as_ref().is_some_and(|c| c.protocol.is_v5()) {
+                    self.send(Packet::Disconnect(Disconnect {
+                        reason,
+                        ..Default::default()
+                    }));
+                }
+            }
+            (Phase::AwaitingConnect, _) => {}
+        }
+        match &err {
+            SessionError::Decode(DecodeError::Io(e)) => debug!("{}: read error: {e}", self.peer),
+            _ => info!(
+                "{}: {} -> {:?} ({:#04x})",
+                self.peer, err, reason, reason as u8
+            ),
+        }
+        self.end_reason = err.to_string();
+        self.close(ctx);
+    }
+
+    /// The disconnect to record, once: `None` if the connect was never recorded or the
+    /// disconnect already was.
+    fn take_disconnect_record(&mut self) -> Option<RecordDisconnect> {
+        let client = self.client.as_mut().filter(|c| c.recorded)?;
+        client.recorded = false;
+        Some(RecordDisconnect {
+            client_id: client.client_id.clone(),
+            connection_id: self.conn_id as i64,
+            at_ms: unix_millis(),
+            reason: self.end_reason.clone(),
+        })
+    }
+
+    /// Sends a refusing CONNACK. 3.1.1 has return codes for only a few refusals; for anything
+    /// else (such as a malformed CONNECT) the connection is just closed.
+    fn refuse(&mut self, version: ProtocolVersion, reason: ReasonCode) {
+        use ReasonCode::*;
+        let v3_has_code = matches!(
+            reason,
+            UnsupportedProtocolVersion
+                | ClientIdentifierNotValid
+                | ServerUnavailable
+                | ServerBusy
+                | BadUserNameOrPassword
+                | NotAuthorized
+        );
+        if version.is_v5() || v3_has_code {
+            self.send(Packet::ConnAck(ConnAck {
+                reason,
+                ..Default::default()
+            }));
+        }
+    }
+
+    /// The single dispatch of inbound packets (after CONNECT handling has started).
+    fn dispatch(&mut self, packet: Packet, ctx: &mut Context<Self>) -> Result<(), SessionError> {
+        match packet {
+            Packet::Connect(connect) => self.on_connect(*connect, ctx),
+            Packet::Publish(publish) => self.on_publish(*publish),
+            Packet::PubRel(ack) => self.on_pubrel(ack),
+            Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubComp(ack) => {
+                // The broker has sent no PUBLISH this could acknowledge; an unknown id is
+                // ignored, as [MQTT-2.2.1-5] lets a receiver do.
+                debug!(
+                    "{}: acknowledgement for unknown packet id {}",
+                    self.peer, ack.packet_id
+                );
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe),
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
+            Packet::PingReq => {
+                self.send(Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(disconnect) => self.on_disconnect(disconnect, ctx),
+            Packet::Auth(_) => Err(SessionError::UnexpectedAuth),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(SessionError::ServerOnlyPacket(packet.name()))
+            }
+        }
+    }
+
+    /// Client DISCONNECT (§3.14): the server closes without replying.
+    fn on_disconnect(
+        &mut self,
+        disconnect: Disconnect,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), SessionError> {
+        let session_expiry = self.client.as_ref().map_or(0, |c| c.session_expiry);
+        if session_expiry == 0
+            && disconnect
+                .properties
+                .session_expiry_interval
+                .is_some_and(|s| s != 0)
+        {
+            return Err(SessionError::SessionExpiryAfterZero);
+        }
+        self.end_reason = format!("client disconnect ({:#04x})", disconnect.reason as u8);
+        self.close(ctx);
+        Ok(())
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(reader) = self.reader.take() {
+            let codec = MqttCodec::server(self.shared.config.limits.max_packet_size);
+            ctx.add_stream(FramedRead::new(reader, codec));
+        }
+        ctx.run_later(self.shared.config.connect_timeout(), |act, ctx| {
+            if act.phase == Phase::AwaitingConnect {
+                debug!("{}: no CONNECT within the connect timeout", act.peer);
+                act.end_reason = "connect timeout".into();
+                act.close(ctx);
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        let Some(client) = &self.client else { return };
+        info!(
+            "client {:?} ({}): disconnected: {}",
+            client.client_id, self.peer, self.end_reason
+        );
+        self.shared.registry.do_send(Unregister {
+            client_id: client.client_id.clone(),
+            conn_id: self.conn_id,
+        });
+        if let Some(record) = self.take_disconnect_record() {
+            // One message per connection, so this `do_send` cannot pile up beyond the number
+            // of connections.
+            self.shared.db.do_send(record);
+        }
+    }
+}
+
+impl StreamHandler<Result<Packet, DecodeError>> for Session {
+    fn handle(&mut self, item: Result<Packet, DecodeError>, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        self.last_packet = Instant::now();
+        let result = item
+            .map_err(SessionError::from)
+            .and_then(|p| self.dispatch(p, ctx));
+        if let Err(err) = result {
+            self.fail(err, ctx);
+        }
+    }
+
+    /// The peer closed its side (or the codec gave up): flush, then stop.
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Connected {
+            self.end_reason = "connection closed by client".into();
+        }
+        self.close(ctx);
+    }
+}
+
+impl WriteHandler<EncodeError> for Session {
+    fn error(&mut self, err: EncodeError, _: &mut Context<Self>) -> Running {
+        warn!("{}: write failed: {err}", self.peer);
+        self.end_reason = format!("write failed: {err}");
+        Running::Stop
+    }
+}
+
+impl Handler<Close> for Session {
+    type Result = ResponseFuture<()>;
+
+    /// Replies only once the end of this connection is committed, so that on take-over the
+    /// new connection is recorded after the old one ended.
+    fn handle(&mut self, msg: Close, ctx: &mut Context<Self>) -> Self::Result {
+        if self.phase != Phase::Connected {
+            return Box::pin(async {});
+        }
+        if self.client.as_ref().is_some_and(|c| c.protocol.is_v5()) {
+            self.send(Packet::Disconnect(Disconnect {
+                reason: msg.reason,
+                ..Default::default()
+            }));
+        }
+        self.end_reason = match msg.reason {
+            ReasonCode::SessionTakenOver => "taken over".into(),
+            ReasonCode::ServerShuttingDown => "server shutdown".into(),
+            other => format!("closed by server ({:#04x})", other as u8),
+        };
+        self.close(ctx);
+        let record = self.take_disconnect_record();
+        let db = self.shared.db.clone();
+        Box::pin(async move {
+            if let Some(record) = record {
+                let _ = db.send(record).await;
+            }
+        })
+    }
+}

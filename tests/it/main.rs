@@ -1,0 +1,10 @@
+//! One integration-test binary (faster to link than one per file). Every test starts a real
+//! broker on an ephemeral port with its own SQLite file and talks MQTT to it over TCP.
+
+mod cli;
+mod common;
+mod connect;
+mod interop;
+mod lifecycle;
+mod malformed;
+mod publish;
