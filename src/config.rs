@@ -22,11 +22,24 @@ pub struct Config {
     /// Whether clients may connect without a username. Unset follows Mosquitto 2.0: allowed
     /// only while no listener is configured beyond the default loopback one.
     pub allow_anonymous: Option<bool>,
+    /// What an unmatched request gets for a client that has no ACL rule of its own (by
+    /// username or client id). A client with such a rule is always denied what no rule allows.
+    pub acl_default: AclDefault,
+    /// Sent as Response Information in CONNACK to clients that ask for it (§3.1.2.11.6).
+    pub response_information: Option<String>,
     /// Threads (actix Arbiters) that run client sessions; 0 = one per available core.
     pub workers: usize,
     /// Threads of the DbActor's SyncArbiter (SQLite connections).
     pub db_threads: usize,
     pub limits: Limits,
+}
+
+/// `acl_default = "allow" | "deny"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AclDefault {
+    Allow,
+    Deny,
 }
 
 /// One `[[listener]]` table.
@@ -57,6 +70,11 @@ pub struct Limits {
     pub receive_maximum: u16,
     /// Longest client identifier accepted, in bytes (1-23 alphanumerics are always accepted).
     pub max_client_id_len: usize,
+    /// Messages waiting for one subscriber (its delivery queue). When it is full, new messages
+    /// for that subscriber are dropped and counted (drop-new, as Mosquitto and HiveMQ do).
+    pub max_queued_messages: usize,
+    /// Topic Alias Maximum announced in CONNACK: aliases a client may use towards the broker.
+    pub topic_alias_maximum: u16,
 }
 
 impl Default for Config {
@@ -65,6 +83,8 @@ impl Default for Config {
             listeners: Vec::new(),
             db_path: PathBuf::from("mqttd.db"),
             allow_anonymous: None,
+            acl_default: AclDefault::Allow,
+            response_information: None,
             workers: 0,
             db_threads: 2,
             limits: Limits::default(),
@@ -81,6 +101,8 @@ impl Default for Limits {
             connect_timeout: 10,
             receive_maximum: 100,
             max_client_id_len: 65_535,
+            max_queued_messages: 1000,
+            topic_alias_maximum: 10,
         }
     }
 }
@@ -140,6 +162,9 @@ impl Config {
                 "limits.max_client_id_len",
                 "must be at least 23 [MQTT-3.1.3-5]",
             );
+        }
+        if l.max_queued_messages == 0 {
+            return invalid("limits.max_queued_messages", "must be at least 1");
         }
         if self.db_threads == 0 {
             return invalid("db_threads", "must be at least 1");

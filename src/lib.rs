@@ -35,16 +35,19 @@
 //! `Authenticate` -> `Register` -> `RecordConnect` -> CONNACK -> packets ... -> DISCONNECT,
 //! keep-alive timeout, take-over or shutdown -> `Unregister` + `RecordDisconnect`.
 
+pub mod acl;
 pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod listener;
+pub mod message;
 pub mod messages;
 pub mod mqtt;
 pub mod registry;
 pub mod session;
+pub mod stats;
 
 pub use broker::{Broker, start};
 pub use config::Config;

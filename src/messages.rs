@@ -7,7 +7,11 @@
 use actix::prelude::*;
 use bytes::Bytes;
 
+use std::sync::Arc;
+
+use crate::acl::AclRule;
 use crate::db::DbError;
+use crate::message::AppMessage;
 use crate::mqtt::ReasonCode;
 
 // ---- handled by Session ----------------------------------------------------------------------
@@ -109,6 +113,28 @@ pub struct CloseOpenConnections {
     pub at_ms: i64,
     pub reason: String,
 }
+
+/// Session -> DbActor: the ACL rules that apply to a connection: those for its username, for
+/// its client id, and for everyone. Reply: the rules, in id order.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Vec<AclRule>, DbError>")]
+pub struct LoadAcl {
+    pub username: Option<String>,
+    pub client_id: String,
+}
+
+/// Session -> DbActor: store the retained message of `message.topic`, replacing the old one;
+/// an empty payload deletes it instead [MQTT-3.3.1-6] [MQTT-3.3.1-7]. Reply: once committed.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct StoreRetained {
+    pub message: Arc<AppMessage>,
+}
+
+/// Broker -> DbActor: every retained message that has not expired, at start-up.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Vec<AppMessage>, DbError>")]
+pub struct LoadRetained;
 
 /// Broker -> DbActor: checkpoint the WAL into the database file (`wal_checkpoint(TRUNCATE)`),
 /// the last step of a clean shutdown.

@@ -5,7 +5,9 @@
 //! - [`queries`] holds the SQL as plain functions over `&mut SqliteConnection`; the handlers
 //!   below only call them.
 //! - [`users`] is what the `mqttd user ...` command line calls, and the password check.
+//! - [`acl`] is what the `mqttd acl ...` command line calls.
 
+pub mod acl;
 pub mod migrate;
 pub mod models;
 pub mod password;
@@ -17,9 +19,14 @@ use actix::prelude::*;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
+use crate::acl::{AclRule, RuleTopicError};
+use crate::clock::unix_millis;
+use crate::message::AppMessage;
 use crate::messages::{
-    Authenticate, Checkpoint, CloseOpenConnections, RecordConnect, RecordDisconnect,
+    Authenticate, Checkpoint, CloseOpenConnections, LoadAcl, LoadRetained, RecordConnect,
+    RecordDisconnect, StoreRetained,
 };
+use crate::mqtt::EncodeError;
 pub use migrate::run_migrations;
 use models::NewClientRecord;
 
@@ -45,6 +52,22 @@ pub enum DbError {
     NoSuchUser(String),
     #[error("invalid input: {0}")]
     InvalidInput(&'static str),
+    #[error("invalid ACL rule topic {topic:?}: {source}")]
+    InvalidAclTopic {
+        topic: String,
+        source: RuleTopicError,
+    },
+    #[error("no such ACL rule {0}")]
+    NoSuchRule(i64),
+    #[error("cannot store the retained message of {topic:?}: {source}")]
+    EncodeRetained { topic: String, source: EncodeError },
+    /// A stored row that cannot be what the broker wrote, e.g. edited by hand.
+    #[error("corrupt row {key:?} in table {table}: {detail}")]
+    CorruptRow {
+        table: &'static str,
+        key: String,
+        detail: String,
+    },
 }
 
 /// Per-connection PRAGMAs, each its own statement, in this order. `busy_timeout` comes first so
@@ -91,6 +114,14 @@ fn create_private_file(path: &str) -> Result<(), DbError> {
 #[cfg(not(unix))]
 fn create_private_file(_path: &str) -> Result<(), DbError> {
     Ok(())
+}
+
+/// Opens and migrates the database for a command-line operation. The broker may be running on
+/// the same file: its migrations have run already, so this is a no-op then.
+fn open_migrated(db_path: &str) -> Result<SqliteConnection, DbError> {
+    let mut conn = open_connection(db_path)?;
+    run_migrations(&mut conn)?;
+    Ok(conn)
 }
 
 /// Runs the database queries of the broker, one connection per SyncArbiter thread.
@@ -185,6 +216,30 @@ impl Handler<CloseOpenConnections> for DbActor {
 
     fn handle(&mut self, msg: CloseOpenConnections, _: &mut Self::Context) -> Self::Result {
         queries::close_open_connections(&mut self.conn, msg.at_ms, &msg.reason)
+    }
+}
+
+impl Handler<LoadAcl> for DbActor {
+    type Result = Result<Vec<AclRule>, DbError>;
+
+    fn handle(&mut self, msg: LoadAcl, _: &mut Self::Context) -> Self::Result {
+        queries::rules_for(&mut self.conn, msg.username.as_deref(), &msg.client_id)
+    }
+}
+
+impl Handler<StoreRetained> for DbActor {
+    type Result = Result<(), DbError>;
+
+    fn handle(&mut self, msg: StoreRetained, _: &mut Self::Context) -> Self::Result {
+        queries::store_retained(&mut self.conn, &msg.message, unix_millis())
+    }
+}
+
+impl Handler<LoadRetained> for DbActor {
+    type Result = Result<Vec<AppMessage>, DbError>;
+
+    fn handle(&mut self, _: LoadRetained, _: &mut Self::Context) -> Self::Result {
+        queries::load_retained(&mut self.conn, unix_millis())
     }
 }
 
@@ -363,5 +418,74 @@ mod tests {
         assert_eq!(c2.disconnect_reason.as_deref(), Some("shutdown"));
         // TRUNCATE left an empty WAL behind.
         assert_eq!(std::fs::metadata(format!("{path}-wal")).unwrap().len(), 0);
+    }
+
+    #[actix::test]
+    async fn db_actor_handles_acl_and_retained_messages() {
+        use crate::acl::{AclAction, AclPermission, AclSubject};
+        use crate::mqtt::{Properties, QoS};
+        use std::sync::Arc;
+
+        let (_dir, path) = temp_db();
+        let (own, everyone) = {
+            let conn = &mut open_connection(&path).unwrap();
+            run_migrations(conn).unwrap();
+            let mut add = |subject: AclSubject| {
+                queries::add_rule(
+                    conn,
+                    &subject,
+                    AclAction::Publish,
+                    AclPermission::Allow,
+                    "t/%u",
+                    1,
+                )
+                .unwrap()
+            };
+            let own = add(AclSubject::User("alice".into()));
+            add(AclSubject::User("bob".into()));
+            (own, add(AclSubject::All))
+        };
+        let db = start(&path, 2).unwrap();
+
+        let rules = db
+            .send(LoadAcl {
+                username: Some("alice".into()),
+                client_id: "c1".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let ids: Vec<_> = rules.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [own, everyone]);
+
+        let message = |topic: &str, payload: &'static [u8], expires_at_ms: Option<i64>| {
+            Arc::new(AppMessage {
+                topic: Arc::from(topic),
+                payload: bytes::Bytes::from_static(payload),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                properties: Properties {
+                    content_type: Some("text/plain".into()),
+                    ..Properties::default()
+                },
+                expires_at_ms,
+                publisher: Arc::from("c1"),
+            })
+        };
+        let kept = message("a", b"1", None);
+        for message in [
+            kept.clone(),
+            message("b", b"2", None),
+            message("b", b"", None),
+            message("old", b"3", Some(1)),
+        ] {
+            db.send(StoreRetained { message }).await.unwrap().unwrap();
+        }
+        let loaded = db.send(LoadRetained).await.unwrap().unwrap();
+        assert_eq!(
+            loaded,
+            [(*kept).clone()],
+            "deleted and expired ones are not loaded"
+        );
     }
 }

@@ -5,13 +5,23 @@
 //! `conn.immediate_transaction`, never a deferred `transaction` (a read that is then upgraded
 //! to a write fails with SQLITE_BUSY instead of waiting).
 
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error};
 use diesel::sql_types::Integer;
 
 use super::DbError;
-use super::models::{ClientRecord, NewClientRecord, NewUser, User};
-use super::schema::{clients, users};
+use super::models::{
+    AclRuleRow, ClientRecord, NewAclRule, NewClientRecord, NewRetained, NewUser, RetainedRow, User,
+};
+use super::schema::{acl_rules, clients, retained, users};
+use crate::acl::{self, AclAction, AclPermission, AclRule, AclSubject};
+use crate::message::AppMessage;
+use crate::mqtt::properties::PropertyContext;
+use crate::mqtt::topic;
+use crate::mqtt::{EncodeError, Properties, QoS};
 
 // ---- users -----------------------------------------------------------------------------------
 
@@ -157,6 +167,205 @@ pub fn list_clients(conn: &mut SqliteConnection) -> Result<Vec<ClientRecord>, Db
         .load(conn)?)
 }
 
+// ---- retained messages -----------------------------------------------------------------------
+
+/// Makes `message` the retained message of its topic, replacing the previous one; an empty
+/// payload deletes the topic's retained message instead [MQTT-3.3.1-6] [MQTT-3.3.1-7]. A single
+/// statement either way.
+pub fn store_retained(
+    conn: &mut SqliteConnection,
+    message: &AppMessage,
+    now_ms: i64,
+) -> Result<(), DbError> {
+    if message.payload.is_empty() {
+        diesel::delete(retained::table.find(&*message.topic)).execute(conn)?;
+        return Ok(());
+    }
+    let properties =
+        encode_forwarded(&message.properties).map_err(|source| DbError::EncodeRetained {
+            topic: message.topic.to_string(),
+            source,
+        })?;
+    let row = NewRetained {
+        topic: &message.topic,
+        payload: &message.payload,
+        qos: message.qos as i32,
+        properties: &properties,
+        expires_at_ms: message.expires_at_ms,
+        publisher: &message.publisher,
+        stored_at_ms: now_ms,
+    };
+    diesel::insert_into(retained::table)
+        .values(&row)
+        .on_conflict(retained::topic)
+        .do_update()
+        .set(&row)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Every retained message that has not expired at `now_ms`, ordered by topic. Expired ones are
+/// deleted on the way. A row that does not decode is an error ([`DbError::CorruptRow`]).
+pub fn load_retained(conn: &mut SqliteConnection, now_ms: i64) -> Result<Vec<AppMessage>, DbError> {
+    let rows = conn.immediate_transaction(|conn| {
+        let expired = diesel::delete(retained::table.filter(retained::expires_at_ms.le(now_ms)))
+            .execute(conn)?;
+        if expired > 0 {
+            log::info!("deleted {expired} expired retained messages");
+        }
+        retained::table
+            .order(retained::topic)
+            .select(RetainedRow::as_select())
+            .load(conn)
+    })?;
+    rows.into_iter().map(retained_message).collect()
+}
+
+/// Encodes the properties that travel with a message [MQTT-3.3.2-17] [MQTT-3.3.2-18]. Nothing
+/// else is kept, so that the block always decodes as PUBLISH properties again; the expiry has
+/// its own column.
+fn encode_forwarded(properties: &Properties) -> Result<Vec<u8>, EncodeError> {
+    let forwarded = Properties {
+        payload_format_indicator: properties.payload_format_indicator,
+        content_type: properties.content_type.clone(),
+        response_topic: properties.response_topic.clone(),
+        correlation_data: properties.correlation_data.clone(),
+        user_properties: properties.user_properties.clone(),
+        ..Properties::default()
+    };
+    let mut block = BytesMut::with_capacity(forwarded.encoded_len());
+    forwarded.encode(&mut block)?;
+    Ok(block.into())
+}
+
+fn retained_message(row: RetainedRow) -> Result<AppMessage, DbError> {
+    let corrupt = |detail: String| DbError::CorruptRow {
+        table: "retained",
+        key: row.topic.clone(),
+        detail,
+    };
+    topic::validate_topic_name(&row.topic).map_err(|e| corrupt(format!("topic: {e}")))?;
+    let qos = u8::try_from(row.qos)
+        .ok()
+        .and_then(QoS::from_u8)
+        .ok_or_else(|| corrupt(format!("QoS {}", row.qos)))?;
+    let mut block = Bytes::from(row.properties);
+    let properties = Properties::decode(&mut block, PropertyContext::Publish)
+        .map_err(|e| corrupt(format!("properties: {e}")))?;
+    if !block.is_empty() {
+        return Err(corrupt(format!(
+            "{} bytes after the property block",
+            block.len()
+        )));
+    }
+    Ok(AppMessage {
+        topic: Arc::from(row.topic),
+        payload: Bytes::from(row.payload),
+        qos,
+        retain: true,
+        properties,
+        expires_at_ms: row.expires_at_ms,
+        publisher: Arc::from(row.publisher),
+    })
+}
+
+// ---- ACL rules -------------------------------------------------------------------------------
+
+/// Adds a rule and returns its id. Fails with [`DbError::InvalidAclTopic`] unless `topic` passes
+/// [`acl::validate_rule_topic`], and with [`DbError::InvalidInput`] for an empty username or
+/// client id.
+pub fn add_rule(
+    conn: &mut SqliteConnection,
+    subject: &AclSubject,
+    action: AclAction,
+    permission: AclPermission,
+    topic: &str,
+    now_ms: i64,
+) -> Result<i64, DbError> {
+    acl::validate_rule_topic(topic).map_err(|source| DbError::InvalidAclTopic {
+        topic: topic.to_owned(),
+        source,
+    })?;
+    if subject.name() == Some("") {
+        return Err(DbError::InvalidInput(
+            "the username or client id of a rule must not be empty",
+        ));
+    }
+    let rule = NewAclRule {
+        subject_kind: subject.kind(),
+        subject: subject.name(),
+        action: action.as_str(),
+        permission: permission.as_str(),
+        topic,
+        created_at_ms: now_ms,
+    };
+    Ok(diesel::insert_into(acl_rules::table)
+        .values(&rule)
+        .returning(acl_rules::id)
+        .get_result(conn)?)
+}
+
+/// Deletes rule `id`. Returns `false` if there was no such rule.
+pub fn remove_rule(conn: &mut SqliteConnection, id: i64) -> Result<bool, DbError> {
+    Ok(diesel::delete(acl_rules::table.find(id)).execute(conn)? == 1)
+}
+
+/// All rules, in id order.
+pub fn list_rules(conn: &mut SqliteConnection) -> Result<Vec<AclRule>, DbError> {
+    acl_rules::table
+        .order(acl_rules::id)
+        .select(AclRuleRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(acl_rule)
+        .collect()
+}
+
+/// The rules that apply to a connection, in id order: those for `username`, for `client_id`
+/// and for everyone.
+pub fn rules_for(
+    conn: &mut SqliteConnection,
+    username: Option<&str>,
+    client_id: &str,
+) -> Result<Vec<AclRule>, DbError> {
+    use acl_rules::{subject, subject_kind};
+    // Without a username this compares with NULL, which is never true: no user rule applies.
+    let for_user = subject_kind.eq("user").and(subject.eq(username));
+    let for_client = subject_kind.eq("client").and(subject.eq(client_id));
+    acl_rules::table
+        .filter(subject_kind.eq("all").or(for_user).or(for_client))
+        .order(acl_rules::id)
+        .select(AclRuleRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(acl_rule)
+        .collect()
+}
+
+fn acl_rule(row: AclRuleRow) -> Result<AclRule, DbError> {
+    let corrupt = |detail: String| DbError::CorruptRow {
+        table: "acl_rules",
+        key: row.id.to_string(),
+        detail,
+    };
+    let subject = match (row.subject_kind.as_str(), row.subject) {
+        ("user", Some(name)) => AclSubject::User(name),
+        ("client", Some(id)) => AclSubject::Client(id),
+        ("all", None) => AclSubject::All,
+        (kind, name) => return Err(corrupt(format!("subject {kind:?} {name:?}"))),
+    };
+    Ok(AclRule {
+        id: row.id,
+        subject,
+        action: row.action.parse().map_err(|e| corrupt(format!("{e}")))?,
+        permission: row
+            .permission
+            .parse()
+            .map_err(|e| corrupt(format!("{e}")))?,
+        topic: row.topic,
+    })
+}
+
 // ---- maintenance -----------------------------------------------------------------------------
 
 #[derive(QueryableByName)]
@@ -178,6 +387,7 @@ pub fn checkpoint(conn: &mut SqliteConnection) -> Result<bool, DbError> {
 mod tests {
     use super::*;
     use crate::db::{open_connection, run_migrations};
+    use diesel::connection::SimpleConnection;
 
     fn test_db() -> (tempfile::TempDir, SqliteConnection) {
         let dir = tempfile::tempdir().unwrap();
@@ -385,6 +595,385 @@ mod tests {
             .map(|r| r.client_id)
             .collect();
         assert_eq!(ids, ["a", "m", "z"]);
+    }
+
+    // ---- retained ----------------------------------------------------------------------------
+
+    fn retained_message(topic: &str, payload: &'static [u8]) -> AppMessage {
+        AppMessage {
+            topic: Arc::from(topic),
+            payload: Bytes::from_static(payload),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Properties {
+                payload_format_indicator: Some(1),
+                content_type: Some("text/plain".into()),
+                response_topic: Some("reply/here".into()),
+                correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+                user_properties: vec![("k".into(), "v1".into()), ("k".into(), "v2".into())],
+                ..Properties::default()
+            },
+            expires_at_ms: None,
+            publisher: Arc::from("pub-1"),
+        }
+    }
+
+    fn retained_rows(conn: &mut SqliteConnection) -> Vec<RetainedRow> {
+        retained::table
+            .order(retained::topic)
+            .select(RetainedRow::as_select())
+            .load(conn)
+            .unwrap()
+    }
+
+    #[test]
+    fn retained_messages_round_trip() {
+        let (_dir, mut conn) = test_db();
+        let a = retained_message("a/b", b"hello");
+        let b = AppMessage {
+            qos: QoS::ExactlyOnce,
+            properties: Properties::default(),
+            expires_at_ms: Some(5_000),
+            ..retained_message("$SYS/x", b"\xff")
+        };
+        store_retained(&mut conn, &a, 100).unwrap();
+        store_retained(&mut conn, &b, 100).unwrap();
+        assert_eq!(load_retained(&mut conn, 200).unwrap(), [b, a]);
+    }
+
+    #[test]
+    fn retained_stores_only_forwarded_properties_and_loads_with_retain_set() {
+        let (_dir, mut conn) = test_db();
+        let mut message = retained_message("t", b"x");
+        message.retain = false;
+        message.properties.topic_alias = Some(3);
+        message.properties.subscription_identifiers = vec![7];
+        message.properties.message_expiry_interval = Some(60);
+        message.properties.session_expiry_interval = Some(10);
+        store_retained(&mut conn, &message, 1).unwrap();
+
+        let loaded = load_retained(&mut conn, 2).unwrap();
+        assert_eq!(loaded, [retained_message("t", b"x")]);
+        // The stored block carries its Property Length and decodes as PUBLISH properties.
+        let rows = retained_rows(&mut conn);
+        assert_eq!(
+            usize::from(rows[0].properties[0]) + 1,
+            rows[0].properties.len()
+        );
+    }
+
+    #[test]
+    fn store_retained_replaces_every_column() {
+        let (_dir, mut conn) = test_db();
+        let first = AppMessage {
+            expires_at_ms: Some(9_000),
+            ..retained_message("t", b"one")
+        };
+        store_retained(&mut conn, &first, 100).unwrap();
+        let second = AppMessage {
+            qos: QoS::AtMostOnce,
+            properties: Properties::default(),
+            publisher: Arc::from("pub-2"),
+            ..retained_message("t", b"two")
+        };
+        store_retained(&mut conn, &second, 200).unwrap();
+
+        let rows = retained_rows(&mut conn);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].stored_at_ms, 200);
+        assert_eq!(rows[0].expires_at_ms, None, "no expiry clears the old one");
+        assert_eq!(
+            rows[0].properties,
+            [0],
+            "an empty property block is its length 0"
+        );
+        assert_eq!(load_retained(&mut conn, 300).unwrap(), [second]);
+    }
+
+    #[test]
+    fn empty_payload_deletes_the_retained_message() {
+        let (_dir, mut conn) = test_db();
+        store_retained(&mut conn, &retained_message("a", b"x"), 1).unwrap();
+        store_retained(&mut conn, &retained_message("b", b"y"), 1).unwrap();
+        store_retained(&mut conn, &retained_message("a", b""), 2).unwrap();
+        // Deleting a topic without a retained message is fine too.
+        store_retained(&mut conn, &retained_message("c", b""), 3).unwrap();
+        let topics: Vec<_> = retained_rows(&mut conn)
+            .into_iter()
+            .map(|r| r.topic)
+            .collect();
+        assert_eq!(topics, ["b"]);
+    }
+
+    #[test]
+    fn load_retained_skips_and_deletes_expired_messages() {
+        let (_dir, mut conn) = test_db();
+        for (topic, expires_at_ms) in [
+            ("old", Some(999)),
+            ("edge", Some(1_000)),
+            ("new", Some(1_001)),
+        ] {
+            let message = AppMessage {
+                expires_at_ms,
+                ..retained_message(topic, b"x")
+            };
+            store_retained(&mut conn, &message, 0).unwrap();
+        }
+        store_retained(&mut conn, &retained_message("never", b"x"), 0).unwrap();
+
+        let loaded = load_retained(&mut conn, 1_000).unwrap();
+        let topics: Vec<_> = loaded.iter().map(|m| &*m.topic).collect();
+        assert_eq!(topics, ["never", "new"]);
+        assert_eq!(loaded[1].remaining_expiry(1_000), Some(1));
+        let stored: Vec<_> = retained_rows(&mut conn)
+            .into_iter()
+            .map(|r| r.topic)
+            .collect();
+        assert_eq!(stored, ["never", "new"], "expired rows are gone");
+    }
+
+    #[test]
+    fn corrupt_retained_rows_are_errors() {
+        let cases: [(&str, i32, &[u8]); 5] = [
+            ("bad qos", 3, &[0]),
+            ("negative qos", -1, &[0]),
+            ("truncated properties", 0, &[5, 0x01]),
+            ("session property", 0, &[5, 0x11, 0, 0, 0, 1]),
+            ("trailing bytes", 0, &[0, 0]),
+        ];
+        for (what, qos, properties) in cases {
+            let (_dir, mut conn) = test_db();
+            diesel::insert_into(retained::table)
+                .values(NewRetained {
+                    topic: "t",
+                    payload: b"x",
+                    qos,
+                    properties,
+                    expires_at_ms: None,
+                    publisher: "p",
+                    stored_at_ms: 0,
+                })
+                .execute(&mut conn)
+                .unwrap();
+            let err = load_retained(&mut conn, 0).unwrap_err();
+            assert!(
+                matches!(&err, DbError::CorruptRow { table: "retained", key, .. } if key == "t"),
+                "{what}: {err}"
+            );
+        }
+        let (_dir, mut conn) = test_db();
+        diesel::insert_into(retained::table)
+            .values(NewRetained {
+                topic: "a/#",
+                payload: b"x",
+                qos: 0,
+                properties: &[0],
+                expires_at_ms: None,
+                publisher: "p",
+                stored_at_ms: 0,
+            })
+            .execute(&mut conn)
+            .unwrap();
+        assert!(matches!(
+            load_retained(&mut conn, 0),
+            Err(DbError::CorruptRow { .. })
+        ));
+    }
+
+    #[test]
+    fn unencodable_properties_are_an_error() {
+        let (_dir, mut conn) = test_db();
+        let mut message = retained_message("t", b"x");
+        message.properties.content_type = Some("x".repeat(70_000));
+        assert!(matches!(
+            store_retained(&mut conn, &message, 0),
+            Err(DbError::EncodeRetained { .. })
+        ));
+        assert!(retained_rows(&mut conn).is_empty());
+    }
+
+    // ---- ACL rules ---------------------------------------------------------------------------
+
+    fn add(conn: &mut SqliteConnection, subject: AclSubject, topic: &str) -> i64 {
+        add_rule(
+            conn,
+            &subject,
+            AclAction::Publish,
+            AclPermission::Allow,
+            topic,
+            10,
+        )
+        .unwrap()
+    }
+
+    fn ids(rules: &[AclRule]) -> Vec<i64> {
+        rules.iter().map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn add_list_and_remove_rules() {
+        let (_dir, mut conn) = test_db();
+        let alice = AclSubject::User("alice".into());
+        let a = add_rule(
+            &mut conn,
+            &alice,
+            AclAction::Subscribe,
+            AclPermission::Deny,
+            "x/%u/#",
+            10,
+        )
+        .unwrap();
+        let b = add(&mut conn, AclSubject::All, "#");
+        let c = add(&mut conn, AclSubject::Client("c1".into()), "%c");
+        assert_eq!(
+            list_rules(&mut conn).unwrap(),
+            [
+                AclRule {
+                    id: a,
+                    subject: alice,
+                    action: AclAction::Subscribe,
+                    permission: AclPermission::Deny,
+                    topic: "x/%u/#".into(),
+                },
+                AclRule {
+                    id: b,
+                    subject: AclSubject::All,
+                    action: AclAction::Publish,
+                    permission: AclPermission::Allow,
+                    topic: "#".into(),
+                },
+                AclRule {
+                    id: c,
+                    subject: AclSubject::Client("c1".into()),
+                    action: AclAction::Publish,
+                    permission: AclPermission::Allow,
+                    topic: "%c".into(),
+                },
+            ]
+        );
+
+        assert!(remove_rule(&mut conn, b).unwrap());
+        assert!(!remove_rule(&mut conn, b).unwrap());
+        assert_eq!(ids(&list_rules(&mut conn).unwrap()), [a, c]);
+        // AUTOINCREMENT: the id of the removed (and of the last) rule is not reused.
+        assert!(remove_rule(&mut conn, c).unwrap());
+        assert!(add(&mut conn, AclSubject::All, "y") > c);
+    }
+
+    #[test]
+    fn add_rule_validates_topic_and_subject() {
+        let (_dir, mut conn) = test_db();
+        let mut try_add = |subject: AclSubject, topic: &str| {
+            add_rule(
+                &mut conn,
+                &subject,
+                AclAction::Receive,
+                AclPermission::Allow,
+                topic,
+                1,
+            )
+        };
+        for bad in ["", "a/#/b", "a+", "a/x%u", "%c%u", "$share/g/x"] {
+            let err = try_add(AclSubject::All, bad).unwrap_err();
+            assert!(
+                matches!(&err, DbError::InvalidAclTopic { topic, .. } if topic == bad),
+                "{bad:?}: {err}"
+            );
+        }
+        for subject in [
+            AclSubject::User(String::new()),
+            AclSubject::Client(String::new()),
+        ] {
+            assert!(matches!(
+                try_add(subject, "a"),
+                Err(DbError::InvalidInput(_))
+            ));
+        }
+        assert!(list_rules(&mut conn).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rules_for_a_connection() {
+        let (_dir, mut conn) = test_db();
+        let alice = add(&mut conn, AclSubject::User("alice".into()), "a");
+        let all = add(&mut conn, AclSubject::All, "b");
+        add(&mut conn, AclSubject::User("bob".into()), "c");
+        let c1 = add(&mut conn, AclSubject::Client("c1".into()), "d");
+        add(&mut conn, AclSubject::Client("c2".into()), "e");
+        // A client rule whose id equals the username does not apply, nor the reverse.
+        add(&mut conn, AclSubject::Client("alice".into()), "f");
+        add(&mut conn, AclSubject::User("c1".into()), "g");
+
+        assert_eq!(
+            ids(&rules_for(&mut conn, Some("alice"), "c1").unwrap()),
+            [alice, all, c1]
+        );
+        assert_eq!(ids(&rules_for(&mut conn, None, "c1").unwrap()), [all, c1]);
+        assert_eq!(ids(&rules_for(&mut conn, None, "zz").unwrap()), [all]);
+        assert_eq!(ids(&rules_for(&mut conn, Some(""), "zz").unwrap()), [all]);
+    }
+
+    #[test]
+    fn the_table_rejects_a_subject_that_contradicts_its_kind() {
+        let (_dir, mut conn) = test_db();
+        for (kind, subject) in [("all", Some("x")), ("user", None), ("group", Some("x"))] {
+            let result = diesel::insert_into(acl_rules::table)
+                .values(NewAclRule {
+                    subject_kind: kind,
+                    subject,
+                    action: "publish",
+                    permission: "allow",
+                    topic: "t",
+                    created_at_ms: 0,
+                })
+                .execute(&mut conn);
+            assert!(
+                matches!(
+                    result,
+                    Err(Error::DatabaseError(DatabaseErrorKind::CheckViolation, _))
+                ),
+                "{kind} {subject:?}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_acl_rows_are_errors() {
+        let rows = [
+            ("all", Some("x"), "publish", "allow"),
+            ("user", None, "publish", "allow"),
+            ("group", Some("x"), "publish", "allow"),
+            ("all", None, "PUBLISH", "allow"),
+            ("all", None, "publish", "maybe"),
+        ];
+        for (kind, subject, action, permission) in rows {
+            let (_dir, mut conn) = test_db();
+            // Only a hand-edited database gets past the CHECK constraints.
+            conn.batch_execute("PRAGMA ignore_check_constraints = ON;")
+                .unwrap();
+            diesel::insert_into(acl_rules::table)
+                .values(NewAclRule {
+                    subject_kind: kind,
+                    subject,
+                    action,
+                    permission,
+                    topic: "t",
+                    created_at_ms: 0,
+                })
+                .execute(&mut conn)
+                .unwrap();
+            let err = list_rules(&mut conn).unwrap_err();
+            assert!(
+                matches!(&err, DbError::CorruptRow { table: "acl_rules", key, .. } if key == "1"),
+                "{kind} {subject:?} {action} {permission}: {err}"
+            );
+            if kind == "all" {
+                assert!(
+                    rules_for(&mut conn, None, "x").is_err(),
+                    "rules_for selects it too"
+                );
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use diesel::SqliteConnection;
 
 use super::models::User;
-use super::{DbError, open_connection, password, queries, run_migrations};
+use super::{DbError, open_migrated, password, queries};
 use crate::clock::unix_millis;
 
 /// Whether `password` is the password of `username`. An absent or empty password never
@@ -63,12 +63,6 @@ pub fn list_users(db_path: &str) -> Result<Vec<User>, DbError> {
     queries::list_users(&mut open_migrated(db_path)?)
 }
 
-fn open_migrated(db_path: &str) -> Result<SqliteConnection, DbError> {
-    let mut conn = open_connection(db_path)?;
-    run_migrations(&mut conn)?;
-    Ok(conn)
-}
-
 fn check_username(username: &str) -> Result<(), DbError> {
     if username.is_empty() {
         return Err(DbError::InvalidInput("username must not be empty"));
@@ -87,6 +81,7 @@ fn hash_new_password(password: &str) -> Result<String, DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::open_connection;
 
     fn temp_db() -> (tempfile::TempDir, String) {
         let dir = tempfile::tempdir().unwrap();

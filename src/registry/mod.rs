@@ -3,6 +3,9 @@
 //! It is the single authority for take-over [MQTT-3.1.4-3]: a new connection registers first
 //! and the old one is told to close, so two live connections never share an id.
 
+pub mod retained;
+pub mod subscriptions;
+
 use std::collections::HashMap;
 
 use actix::prelude::*;

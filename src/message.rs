@@ -1,0 +1,51 @@
+//! The application message as the broker holds it between its publisher and its subscribers.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::mqtt::{Properties, QoS};
+
+/// One published message, shared (`Arc`) by every delivery of it; the payload is never copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppMessage {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    /// QoS as published; each delivery uses min(this, the subscription's QoS).
+    pub qos: QoS,
+    /// RETAIN as published.
+    pub retain: bool,
+    /// The properties forwarded to subscribers unchanged [MQTT-3.3.2-17..18]: Payload Format
+    /// Indicator, Content Type, Response Topic, Correlation Data, User Properties. Topic Alias,
+    /// Subscription Identifiers and Message Expiry are never stored here.
+    pub properties: Properties,
+    /// When the message expires (Message Expiry Interval), in ms since the Unix epoch.
+    pub expires_at_ms: Option<i64>,
+    /// Client identifier of the publisher (for No Local).
+    pub publisher: Arc<str>,
+}
+
+impl AppMessage {
+    /// Seconds of Message Expiry left at `now_ms`, rounded up; `Some(0)` means expired. `None`
+    /// when the message does not expire [MQTT-3.3.2-5] [MQTT-3.3.2-6].
+    pub fn remaining_expiry(&self, now_ms: i64) -> Option<u32> {
+        self.expires_at_ms.map(|at| {
+            let left = (at - now_ms).max(0);
+            u32::try_from((left + 999) / 1000).unwrap_or(u32::MAX)
+        })
+    }
+}
+
+/// One message on its way to one subscriber: what the Registry puts in a session's bounded
+/// delivery queue.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<AppMessage>,
+    /// min(published QoS, granted QoS).
+    pub qos: QoS,
+    /// The RETAIN flag to send: 1 for retained messages sent on subscribe, else as published
+    /// only when the subscription asked for Retain As Published [MQTT-3.3.1-12].
+    pub retain: bool,
+    /// Subscription Identifiers of the matching subscriptions [MQTT-3.3.4-3].
+    pub subscription_ids: Vec<u32>,
+}

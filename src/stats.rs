@@ -1,0 +1,27 @@
+//! Broker-wide counters, shared by every actor (relaxed atomics: they are statistics, not
+//! synchronisation).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Messages the broker did not deliver, by reason. Each drop is also logged at debug level.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// QoS 0 deliveries dropped because the subscriber's queue was full.
+    pub dropped_qos0: AtomicU64,
+    /// QoS 1/2 deliveries dropped because the subscriber's queue was full (drop-new policy).
+    pub dropped_queue_full: AtomicU64,
+    /// Deliveries larger than the subscriber's Maximum Packet Size [MQTT-3.1.2-25].
+    pub dropped_too_large: AtomicU64,
+    /// Messages whose Message Expiry Interval ran out before delivery [MQTT-3.3.2-5].
+    pub dropped_expired: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
