@@ -15,8 +15,9 @@ use crate::config::Config;
 use crate::db::{self, DbActor};
 use crate::error::BrokerError;
 use crate::listener::Listener;
-use crate::messages::{Checkpoint, CloseOpenConnections, Shutdown, StopAccepting};
+use crate::messages::{Checkpoint, CloseOpenConnections, LoadRetained, Shutdown, StopAccepting};
 use crate::registry::Registry;
+use crate::stats::Counters;
 
 /// How long shutdown waits for sessions to send DISCONNECT 0x8B and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -29,6 +30,7 @@ pub struct Shared {
     pub db: Addr<DbActor>,
     /// Open connections over all listeners (see `session::ConnectionSlot`).
     pub connections: AtomicUsize,
+    pub counters: Arc<Counters>,
 }
 
 /// A running broker. Dropping it does not stop it; call `shutdown`.
@@ -37,6 +39,7 @@ pub struct Broker {
     pub local_addrs: Vec<SocketAddr>,
     pub registry: Addr<Registry>,
     pub db: Addr<DbActor>,
+    pub counters: Arc<Counters>,
     listeners: Vec<Addr<Listener>>,
     arbiters: Vec<Arbiter>,
 }
@@ -57,12 +60,16 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     if stale > 0 {
         info!("marked {stale} connection(s) left open by the previous run as disconnected");
     }
-    let registry = Registry::default().start();
+    let retained = db.send(LoadRetained).await??;
+    info!("{} retained message(s) loaded", retained.len());
+    let counters = Arc::new(Counters::default());
+    let registry = Registry::new(retained, counters.clone()).start();
     let shared = Arc::new(Shared {
         anonymous_allowed: config.anonymous_allowed(),
         registry: registry.clone(),
         db: db.clone(),
         connections: AtomicUsize::new(0),
+        counters: counters.clone(),
         config,
     });
     let arbiters: Vec<Arbiter> = (0..shared.config.worker_count())
@@ -94,6 +101,7 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         local_addrs,
         registry,
         db,
+        counters,
         listeners,
         arbiters,
     })

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use log::{error, info};
 use mqttd::Config;
-use mqttd::db::users;
+use mqttd::acl::{AclAction, AclPermission, AclSubject};
+use mqttd::db::{acl, users};
 
 #[derive(Parser)]
 #[command(name = "mqttd", version, about = "An MQTT 5.0 / 3.1.1 broker")]
@@ -34,6 +35,54 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// Manage the authorization rules (stored in the database).
+    Acl {
+        #[command(subcommand)]
+        action: AclCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AclCommand {
+    /// Add a rule: `mqttd acl add --user alice allow publish 'sensors/%u/#'`.
+    Add {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        /// allow or deny.
+        permission: AclPermission,
+        /// publish, subscribe or receive.
+        action: AclAction,
+        /// Topic filter; a level `%u` or `%c` stands for the username or client id.
+        topic: String,
+    },
+    /// Remove the rule with this id (see `mqttd acl list`).
+    Remove { id: i64 },
+    /// List every rule: id, subject, permission, action, topic.
+    List,
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct SubjectArgs {
+    /// The rule applies to clients logged in with this username.
+    #[arg(long)]
+    user: Option<String>,
+    /// The rule applies to the client with this client identifier.
+    #[arg(long)]
+    client: Option<String>,
+    /// The rule applies to every client.
+    #[arg(long)]
+    all: bool,
+}
+
+impl SubjectArgs {
+    fn subject(self) -> AclSubject {
+        match (self.user, self.client) {
+            (Some(user), _) => AclSubject::User(user),
+            (None, Some(client)) => AclSubject::Client(client),
+            (None, None) => AclSubject::All,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -107,6 +156,29 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             UserAction::List => {
                 for user in users::list_users(&db_path)? {
                     println!("{}", user.username);
+                }
+                Ok(())
+            }
+        },
+        Some(Command::Acl { action }) => match action {
+            AclCommand::Add {
+                subject,
+                permission,
+                action,
+                topic,
+            } => {
+                let id = acl::add_rule(&db_path, &subject.subject(), permission, action, &topic)?;
+                println!("added rule {id}");
+                Ok(())
+            }
+            AclCommand::Remove { id } => {
+                acl::remove_rule(&db_path, id)?;
+                println!("removed rule {id}");
+                Ok(())
+            }
+            AclCommand::List => {
+                for rule in acl::list_rules(&db_path)? {
+                    println!("{rule}");
                 }
                 Ok(())
             }

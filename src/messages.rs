@@ -9,10 +9,13 @@ use bytes::Bytes;
 
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
+
 use crate::acl::AclRule;
 use crate::db::DbError;
-use crate::message::AppMessage;
+use crate::message::{AppMessage, Delivery};
 use crate::mqtt::ReasonCode;
+use crate::registry::subscriptions::Subscription;
 
 // ---- handled by Session ----------------------------------------------------------------------
 
@@ -28,13 +31,43 @@ pub struct Close {
 // ---- handled by Registry ---------------------------------------------------------------------
 
 /// Session -> Registry: this connection now owns `client_id`. An older connection with the same
-/// id is sent `Close { reason: SessionTakenOver }` first. Reply: once that close is queued.
+/// id is sent `Close { reason: SessionTakenOver }` first, and its subscriptions end with it
+/// (sessions are not kept yet). Reply: once the old connection's end is recorded.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Register {
-    pub client_id: String,
+    pub client_id: Arc<str>,
     pub conn_id: u64,
     pub session: Recipient<Close>,
+    /// The session's bounded delivery queue; the Registry only ever `try_send`s into it.
+    pub deliveries: mpsc::Sender<Delivery>,
+}
+
+/// Session -> Registry: add or replace subscriptions (already validated and authorised).
+/// Retained messages are queued for the session per each filter's Retain Handling before the
+/// reply. Reply: for each filter, whether the client already had it.
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<bool>")]
+pub struct Subscribe {
+    pub client_id: Arc<str>,
+    pub filters: Vec<(String, Subscription)>,
+}
+
+/// Session -> Registry: remove subscriptions. Reply: for each filter, whether it existed.
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<bool>")]
+pub struct Unsubscribe {
+    pub client_id: Arc<str>,
+    pub filters: Vec<String>,
+}
+
+/// Session -> Registry: route a message to its subscribers and, if RETAIN is set, update the
+/// retained store (the session has already committed it to the database). Sessions `try_send`
+/// this and wait for mailbox room when it is full, which stops them reading their socket.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Publish {
+    pub message: Arc<AppMessage>,
 }
 
 /// Session -> Registry: this connection has ended. Ignored unless `conn_id` still owns the id
@@ -42,7 +75,7 @@ pub struct Register {
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Unregister {
-    pub client_id: String,
+    pub client_id: Arc<str>,
     pub conn_id: u64,
 }
 

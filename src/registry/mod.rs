@@ -1,45 +1,126 @@
-//! The Registry actor: which connection currently owns each client identifier.
+//! The Registry actor: which connection owns each client identifier, every subscription, the
+//! retained messages, and routing between them.
 //!
 //! It is the single authority for take-over [MQTT-3.1.4-3]: a new connection registers first
-//! and the old one is told to close, so two live connections never share an id.
+//! and the old one is told to close, so two live connections never share an id. Fan-out is
+//! bounded: each session has a bounded delivery queue that the Registry only `try_send`s into;
+//! when it is full the message is dropped for that subscriber and counted (drop-new).
 
 pub mod retained;
 pub mod subscriptions;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use log::{debug, info};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::messages::{ActiveClients, Close, Register, Shutdown, Unregister};
-use crate::mqtt::ReasonCode;
+use crate::clock::unix_millis;
+use crate::message::{AppMessage, Delivery};
+use crate::messages::{
+    ActiveClients, Close, Publish, Register, Shutdown, Subscribe, Unregister, Unsubscribe,
+};
+use crate::mqtt::{QoS, ReasonCode, RetainHandling, topic};
+use crate::stats::Counters;
+use retained::RetainedStore;
+use subscriptions::{Route, SubscriptionTree};
 
 struct Entry {
     conn_id: u64,
     session: Recipient<Close>,
+    deliveries: mpsc::Sender<Delivery>,
 }
 
-/// Holds the active clients by client identifier.
-#[derive(Default)]
+/// Holds the active clients, their subscriptions and the retained messages.
 pub struct Registry {
-    clients: HashMap<String, Entry>,
+    clients: HashMap<Arc<str>, Entry>,
+    subscriptions: SubscriptionTree,
+    retained: RetainedStore<Arc<AppMessage>>,
+    counters: Arc<Counters>,
+    /// Reused by every `route` call, so routing does not allocate a Vec per message.
+    routes: Vec<Route>,
     /// Replies owed to `Shutdown` callers, sent when the last client has unregistered.
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     shutting_down: bool,
 }
 
+/// Room for messages from sessions. A session whose `try_send` finds it full waits for room and
+/// stops reading its socket meanwhile; a larger mailbox only absorbs bursts.
+const MAILBOX_CAPACITY: usize = 1024;
+
 impl Actor for Registry {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+    }
 }
 
 impl Registry {
+    /// A registry holding the retained messages loaded from the database.
+    pub fn new(retained_messages: Vec<AppMessage>, counters: Arc<Counters>) -> Registry {
+        let mut retained = RetainedStore::new();
+        for message in retained_messages {
+            let topic = message.topic.clone();
+            retained.insert(&topic, Arc::new(message));
+        }
+        Registry {
+            clients: HashMap::new(),
+            subscriptions: SubscriptionTree::default(),
+            retained,
+            counters,
+            routes: Vec::new(),
+            shutdown_waiters: Vec::new(),
+            shutting_down: false,
+        }
+    }
+
     fn notify_if_drained(&mut self) {
         if self.shutting_down && self.clients.is_empty() {
             for waiter in self.shutdown_waiters.drain(..) {
                 let _ = waiter.send(());
             }
         }
+    }
+
+    /// Queues a delivery without waiting: a full queue drops it (drop-new) and counts it.
+    fn offer(&self, deliveries: &mpsc::Sender<Delivery>, delivery: Delivery) {
+        let qos = delivery.qos;
+        if let Err(mpsc::error::TrySendError::Full(d)) = deliveries.try_send(delivery) {
+            debug!(
+                "queue full: dropped a QoS {} message on {:?}",
+                qos as u8, d.message.topic
+            );
+            if qos == QoS::AtMostOnce {
+                Counters::add(&self.counters.dropped_qos0);
+            } else {
+                Counters::add(&self.counters.dropped_queue_full);
+            }
+        }
+    }
+
+    fn route(&mut self, message: &Arc<AppMessage>) {
+        if message.remaining_expiry(unix_millis()) == Some(0) {
+            Counters::add(&self.counters.dropped_expired);
+            return;
+        }
+        let mut routes = std::mem::take(&mut self.routes);
+        self.subscriptions
+            .route(&message.topic, &message.publisher, &mut routes);
+        for route in routes.drain(..) {
+            let Some(entry) = self.clients.get(&route.client) else {
+                continue;
+            };
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: message.qos.min(route.qos),
+                retain: message.retain && route.retain_as_published,
+                subscription_ids: route.subscription_ids,
+            };
+            self.offer(&entry.deliveries, delivery);
+        }
+        self.routes = routes;
     }
 }
 
@@ -61,6 +142,7 @@ impl Handler<Register> for Registry {
         let new = Entry {
             conn_id: msg.conn_id,
             session: msg.session,
+            deliveries: msg.deliveries,
         };
         match self.clients.insert(msg.client_id.clone(), new) {
             Some(old) => {
@@ -68,8 +150,10 @@ impl Handler<Register> for Registry {
                     "client {:?}: taken over by connection {}",
                     msg.client_id, msg.conn_id
                 );
+                // Sessions are not kept after their connection yet: the new one starts empty.
+                self.subscriptions.remove_client(&msg.client_id);
                 // Control messages are one per take-over, so `send` (which waits for mailbox
-                // room) cannot pile up; the new session waits until the old one is closing.
+                // room) cannot pile up; the new session waits until the old one has ended.
                 Box::pin(async move {
                     let _ = old
                         .session
@@ -94,9 +178,88 @@ impl Handler<Unregister> for Registry {
             .is_some_and(|e| e.conn_id == msg.conn_id)
         {
             self.clients.remove(&msg.client_id);
+            self.subscriptions.remove_client(&msg.client_id);
             debug!("client {:?}: unregistered", msg.client_id);
         }
         self.notify_if_drained();
+    }
+}
+
+impl Handler<Subscribe> for Registry {
+    type Result = MessageResult<Subscribe>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
+        let now = unix_millis();
+        let mut existed = Vec::with_capacity(msg.filters.len());
+        let mut retained = Vec::new();
+        for (filter, subscription) in msg.filters {
+            let options = subscription.options;
+            let identifier = subscription.identifier;
+            let had = self
+                .subscriptions
+                .subscribe(&msg.client_id, &filter, subscription);
+            existed.push(had);
+            // Retained messages are never sent for shared subscriptions (§4.8.2).
+            let send_retained = match options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendIfNew => !had,
+                RetainHandling::DoNotSend => false,
+            } && topic::split_shared(&filter).is_none();
+            let Some(entry) = self.clients.get(&msg.client_id) else {
+                continue;
+            };
+            if !send_retained {
+                continue;
+            }
+            retained.clear();
+            self.retained.matching(&filter, &mut retained);
+            for message in retained.drain(..) {
+                if message.remaining_expiry(now) == Some(0) {
+                    continue;
+                }
+                let delivery = Delivery {
+                    qos: message.qos.min(options.qos),
+                    message,
+                    // [MQTT-3.3.1-9]: retained messages sent on subscribe carry RETAIN 1.
+                    retain: true,
+                    subscription_ids: identifier.into_iter().collect(),
+                };
+                self.offer(&entry.deliveries, delivery);
+            }
+        }
+        MessageResult(existed)
+    }
+}
+
+impl Handler<Unsubscribe> for Registry {
+    type Result = MessageResult<Unsubscribe>;
+
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            msg.filters
+                .iter()
+                .map(|f| self.subscriptions.unsubscribe(&msg.client_id, f))
+                .collect(),
+        )
+    }
+}
+
+impl Handler<Publish> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
+        let message = msg.message;
+        if message.retain {
+            // [MQTT-3.3.1-6] [MQTT-3.3.1-7]: an empty payload clears the topic's retained
+            // message and is not stored itself.
+            if message.payload.is_empty() {
+                self.retained.remove(&message.topic);
+            } else {
+                self.retained
+                    .insert(&message.topic.clone(), message.clone());
+            }
+        }
+        self.route(&message);
     }
 }
 

@@ -1,18 +1,26 @@
-//! CONNECT handling (§3.1): validation in the spec's order, authentication, registration with
-//! the Registry, the connect record in the database, then CONNACK.
+//! CONNECT handling (§3.1): validation in the spec's order, authentication, the client's ACL,
+//! registration with the Registry, the connect record in the database, then CONNACK.
+
+use std::sync::Arc;
 
 use actix::prelude::*;
 use log::{error, info};
+use tokio::sync::mpsc;
 
 use super::{Client, Phase, Session, SessionError};
+use crate::acl::Acl;
 use crate::clock::unix_millis;
-use crate::messages::{Authenticate, RecordConnect, Register};
+use crate::config::AclDefault;
+use crate::messages::{Authenticate, LoadAcl, RecordConnect, Register};
 use crate::mqtt::{ConnAck, Connect, Packet, Properties, ProtocolVersion, topic};
 
 /// What CONNACK has to tell the client beyond success.
 struct Accepted {
     assigned_client_id: bool,
     server_keep_alive: Option<u16>,
+    /// The client asked for a Session Expiry the broker does not keep yet.
+    session_expiry_overridden: bool,
+    request_response_information: bool,
 }
 
 impl Session {
@@ -25,11 +33,11 @@ impl Session {
             return Err(SessionError::SecondConnect);
         }
         let version = connect.protocol;
-        self.open_writer(version, connect.properties.maximum_packet_size, ctx);
+        self.open_writer(version, ctx);
         self.phase = Phase::Connecting(version);
 
         let (client_id, assigned_client_id) = self.client_id(&connect)?;
-        self.check_will(&connect)?;
+        check_will(&connect)?;
         if let Some(method) = &connect.properties.authentication_method {
             return Err(SessionError::BadAuthenticationMethod(method.clone()));
         }
@@ -38,34 +46,66 @@ impl Session {
             return Err(SessionError::AnonymousNotAllowed);
         }
 
-        let client = Client {
+        let client_id: Arc<str> = client_id.into();
+        let p = &connect.properties;
+        let session_expiry = p.session_expiry_interval.unwrap_or(0);
+        let accepted = Accepted {
+            assigned_client_id,
+            server_keep_alive,
+            session_expiry_overridden: session_expiry != 0,
+            request_response_information: p.request_response_information == Some(1),
+        };
+        self.client = Some(Client {
             client_id: client_id.clone(),
+            username: connect.username.clone(),
             protocol: version,
             keep_alive,
-            session_expiry: connect.properties.session_expiry_interval.unwrap_or(0),
+            session_expiry,
+            accepted: false,
             recorded: false,
+            acl: Acl::allow_all(),
+            will: connect.will,
             awaiting_rel: Default::default(),
-        };
-        self.client = Some(client);
+            aliases_in: Default::default(),
+            inflight: Default::default(),
+            next_packet_id: 1,
+            receive_maximum: p.receive_maximum.unwrap_or(u16::MAX),
+            maximum_packet_size: p.maximum_packet_size,
+            topic_alias_maximum: if version.is_v5() {
+                p.topic_alias_maximum.unwrap_or(0)
+            } else {
+                0
+            },
+            aliases_out: Default::default(),
+        });
 
+        let (deliveries_tx, deliveries_rx) =
+            mpsc::channel(self.shared.config.limits.max_queued_messages);
+        self.deliveries = Some(deliveries_rx);
         let db = self.shared.db.clone();
         let registry = self.shared.registry.clone();
-        let me = ctx.address().recipient();
-        let record = RecordConnect {
+        let register = Register {
             client_id: client_id.clone(),
+            conn_id: self.conn_id,
+            session: ctx.address().recipient(),
+            deliveries: deliveries_tx,
+        };
+        let record = RecordConnect {
+            client_id: client_id.to_string(),
             connection_id: self.conn_id as i64,
             username: connect.username.clone(),
             address: self.peer.to_string(),
             protocol_version: version as i32,
             at_ms: unix_millis(),
         };
-        let conn_id = self.conn_id;
+        let load_acl = LoadAcl {
+            username: connect.username.clone(),
+            client_id: client_id.to_string(),
+        };
         let username = connect.username;
         let password = connect.password;
-        let accepted = Accepted {
-            assigned_client_id,
-            server_keep_alive,
-        };
+        let unavailable =
+            |e: &dyn std::fmt::Display| SessionError::ServerUnavailable(e.to_string());
         // `wait` holds back every other packet and message until this resolves: nothing
         // pipelined after CONNECT is handled before the client is accepted [MQTT-3.1.4-2].
         async move {
@@ -73,27 +113,25 @@ impl Session {
                 match db.send(Authenticate { username, password }).await {
                     Ok(Ok(true)) => {}
                     Ok(Ok(false)) => return Err(SessionError::BadCredentials),
-                    Ok(Err(e)) => return Err(SessionError::ServerUnavailable(e.to_string())),
-                    Err(e) => return Err(SessionError::ServerUnavailable(e.to_string())),
+                    Ok(Err(e)) => return Err(unavailable(&e)),
+                    Err(e) => return Err(unavailable(&e)),
                 }
             }
-            registry
-                .send(Register {
-                    client_id,
-                    conn_id,
-                    session: me,
-                })
-                .await
-                .map_err(|e| SessionError::ServerUnavailable(e.to_string()))?;
+            let rules = match db.send(load_acl).await {
+                Ok(Ok(rules)) => rules,
+                Ok(Err(e)) => return Err(unavailable(&e)),
+                Err(e) => return Err(unavailable(&e)),
+            };
+            registry.send(register).await.map_err(|e| unavailable(&e))?;
             match db.send(record).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(SessionError::ServerUnavailable(e.to_string())),
-                Err(e) => Err(SessionError::ServerUnavailable(e.to_string())),
+                Ok(Ok(())) => Ok(rules),
+                Ok(Err(e)) => Err(unavailable(&e)),
+                Err(e) => Err(unavailable(&e)),
             }
         }
         .into_actor(self)
         .map(move |result, act, ctx| match result {
-            Ok(()) => act.accept(accepted, ctx),
+            Ok(rules) => act.accept(rules, accepted, ctx),
             Err(err) => {
                 if let SessionError::ServerUnavailable(why) = &err {
                     error!("{}: cannot accept the connection: {why}", act.peer);
@@ -137,20 +175,6 @@ impl Session {
         format!("mqttd-{:x}", self.conn_id)
     }
 
-    /// The Will must be publishable as announced in CONNACK (§3.1.2.5).
-    fn check_will(&self, connect: &Connect) -> Result<(), SessionError> {
-        let Some(will) = &connect.will else {
-            return Ok(());
-        };
-        if topic::validate_topic_name(&will.topic).is_err() {
-            return Err(SessionError::TopicNameInvalid(will.topic.clone()));
-        }
-        if will.retain {
-            return Err(SessionError::RetainNotSupported);
-        }
-        Ok(())
-    }
-
     /// The keep-alive in force and the Server Keep Alive to announce, if any [MQTT-3.2.2-21].
     fn keep_alive(&self, connect: &Connect) -> Result<(u16, Option<u16>), SessionError> {
         let max = self.shared.config.limits.max_keep_alive;
@@ -166,26 +190,42 @@ impl Session {
         }
     }
 
-    /// Everything checked and recorded: send CONNACK and start the keep-alive.
-    fn accept(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
+    /// Everything checked and recorded: send CONNACK, start the keep-alive and deliveries.
+    fn accept(
+        &mut self,
+        rules: Vec<crate::acl::AclRule>,
+        accepted: Accepted,
+        ctx: &mut Context<Self>,
+    ) {
+        let config = &self.shared.config;
         let Some(client) = self.client.as_mut() else {
             return;
         };
+        client.accepted = true;
         client.recorded = true;
-        let limits = &self.shared.config.limits;
+        client.acl = Acl::new(
+            rules,
+            client.username.as_deref(),
+            &client.client_id,
+            config.acl_default == AclDefault::Allow,
+        );
+        let limits = &config.limits;
         let properties = if client.protocol.is_v5() {
             Properties {
                 receive_maximum: Some(limits.receive_maximum),
                 maximum_packet_size: Some(limits.max_packet_size),
-                // Capabilities that are not built yet are announced as unavailable.
-                retain_available: Some(0),
-                wildcard_subscription_available: Some(0),
-                subscription_identifiers_available: Some(0),
-                shared_subscription_available: Some(0),
+                topic_alias_maximum: Some(limits.topic_alias_maximum),
                 assigned_client_identifier: accepted
                     .assigned_client_id
-                    .then(|| client.client_id.clone()),
+                    .then(|| client.client_id.to_string()),
                 server_keep_alive: accepted.server_keep_alive,
+                // Sessions end with their connection until persistent sessions are built:
+                // the client is told so instead of being promised an expiry [§3.2.2.3.2].
+                session_expiry_interval: accepted.session_expiry_overridden.then_some(0),
+                response_information: config
+                    .response_information
+                    .clone()
+                    .filter(|_| accepted.request_response_information),
                 ..Properties::default()
             }
         } else {
@@ -202,5 +242,23 @@ impl Session {
             ..Default::default()
         }));
         self.arm_keep_alive(ctx);
+        self.pump(ctx);
     }
+}
+
+/// The Will must be publishable: a valid topic name (§3.1.3.3) and, if set, a valid Response
+/// Topic [MQTT-3.3.2-14].
+fn check_will(connect: &Connect) -> Result<(), SessionError> {
+    let Some(will) = &connect.will else {
+        return Ok(());
+    };
+    if topic::validate_topic_name(&will.topic).is_err() {
+        return Err(SessionError::TopicNameInvalid(will.topic.clone()));
+    }
+    if let Some(response) = &will.properties.response_topic
+        && topic::validate_topic_name(response).is_err()
+    {
+        return Err(SessionError::InvalidResponseTopic(response.clone()));
+    }
+    Ok(())
 }

@@ -28,18 +28,20 @@ pub enum SessionError {
     ServerUnavailable(String),
     #[error("[MQTT-3.3.2-2] topic name {0:?} is not valid")]
     TopicNameInvalid(String),
-    #[error("[MQTT-3.3.2-12] Topic Alias used, but the Topic Alias Maximum is 0")]
-    TopicAliasInvalid,
+    #[error("[MQTT-3.3.2-12] Topic Alias {0} is above the Topic Alias Maximum")]
+    TopicAliasInvalid(u16),
+    #[error("§3.3.4 zero-length topic with Topic Alias {0}, which was never set")]
+    UnknownTopicAlias(u16),
+    #[error("[MQTT-3.3.2-14] Response Topic {0:?} is not a valid topic name")]
+    InvalidResponseTopic(String),
+    #[error("[MQTT-3.8.3-4] No Local on a shared subscription")]
+    NoLocalOnShared,
     #[error("§3.3.4 zero-length topic without a Topic Alias")]
     EmptyTopic,
     #[error("[MQTT-3.3.4-6] a client PUBLISH carries a Subscription Identifier")]
     SubscriptionIdentifierInPublish,
-    #[error("[MQTT-3.2.2-14] RETAIN set, but Retain Available is 0")]
-    RetainNotSupported,
     #[error("§3.3.4 more than Receive Maximum ({0}) QoS 2 publications awaiting PUBREL")]
     ReceiveMaximumExceeded(u16),
-    #[error("§3.2.2.3.12 Subscription Identifier sent, but not available")]
-    SubscriptionIdentifiersNotSupported,
     #[error("§3.14.2.2.2 DISCONNECT sets a Session Expiry after CONNECT set 0")]
     SessionExpiryAfterZero,
     #[error("[MQTT-3.1.2-22] nothing received for 1.5 x the keep alive of {0}s")]
@@ -56,6 +58,9 @@ impl SessionError {
             | ServerOnlyPacket(_)
             | UnexpectedAuth
             | EmptyTopic
+            | UnknownTopicAlias(_)
+            | InvalidResponseTopic(_)
+            | NoLocalOnShared
             | SubscriptionIdentifierInPublish
             | SessionExpiryAfterZero => ReasonCode::ProtocolError,
             ClientIdNotValid | KeepAliveTooLong(_) => ReasonCode::ClientIdentifierNotValid,
@@ -64,10 +69,8 @@ impl SessionError {
             AnonymousNotAllowed => ReasonCode::NotAuthorized,
             ServerUnavailable(_) => ReasonCode::ServerUnavailable,
             TopicNameInvalid(_) => ReasonCode::TopicNameInvalid,
-            TopicAliasInvalid => ReasonCode::TopicAliasInvalid,
-            RetainNotSupported => ReasonCode::RetainNotSupported,
+            TopicAliasInvalid(_) => ReasonCode::TopicAliasInvalid,
             ReceiveMaximumExceeded(_) => ReasonCode::ReceiveMaximumExceeded,
-            SubscriptionIdentifiersNotSupported => ReasonCode::SubscriptionIdentifiersNotSupported,
             KeepAliveTimeout(_) => ReasonCode::KeepAliveTimeout,
         }
     }

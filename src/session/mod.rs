@@ -6,12 +6,13 @@
 //! with a `FramedWrite`, opened when CONNECT reveals the protocol version.
 
 mod connect;
+mod deliver;
 mod error;
 mod keepalive;
 mod publish;
 mod subscribe;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,15 +22,19 @@ use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use log::{debug, info, warn};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 pub use error::SessionError;
 
+use crate::acl::Acl;
 use crate::broker::Shared;
 use crate::clock::unix_millis;
+use crate::message::Delivery;
 use crate::messages::{Close, RecordDisconnect, Unregister};
 use crate::mqtt::{
     ConnAck, DecodeError, Disconnect, EncodeError, MqttCodec, Packet, ProtocolVersion, ReasonCode,
+    Will,
 };
 
 /// How long a closing connection may take to flush its last packet before it is dropped.
@@ -79,18 +84,50 @@ enum Phase {
     Closing,
 }
 
-/// What the session knows once CONNECT was accepted.
+/// Where an outbound QoS 1/2 PUBLISH is in its exchange (§4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outbound {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    Qos1Sent,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    Qos2Sent,
+    /// PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+/// What the session knows once CONNECT was read.
 struct Client {
-    client_id: String,
+    client_id: Arc<str>,
+    username: Option<String>,
     protocol: ProtocolVersion,
     /// The keep-alive in force (Server Keep Alive if the server imposed one), seconds.
     keep_alive: u16,
     /// Session Expiry Interval from CONNECT (0 when absent).
     session_expiry: u32,
+    /// CONNACK 0x00 was sent.
+    accepted: bool,
     /// The connect row is committed, so the disconnect must be recorded too.
     recorded: bool,
+    /// The client's authorization rules (loaded at CONNECT).
+    acl: Acl,
+    /// Published when the connection ends, unless DISCONNECT 0x00 discarded it
+    /// [MQTT-3.1.2-8] [MQTT-3.1.2-10].
+    will: Option<Will>,
     /// Packet ids of inbound QoS 2 PUBLISH answered with PUBREC and awaiting PUBREL.
     awaiting_rel: HashSet<u16>,
+    /// Topic aliases the client has set towards the broker (§3.3.2.3.4).
+    aliases_in: HashMap<u16, Arc<str>>,
+    /// Outbound QoS 1/2 PUBLISH not yet completed, by packet id.
+    inflight: HashMap<u16, Outbound>,
+    /// Where the search for the next free packet id starts.
+    next_packet_id: u16,
+    /// The client's Receive Maximum: the cap on `inflight` [MQTT-3.3.4-9].
+    receive_maximum: u16,
+    /// The client's Maximum Packet Size: larger deliveries are dropped for it [MQTT-3.1.2-25].
+    maximum_packet_size: Option<u32>,
+    /// The client's Topic Alias Maximum, and the aliases the broker has given topics.
+    topic_alias_maximum: u16,
+    aliases_out: HashMap<Arc<str>, u16>,
 }
 
 pub struct Session {
@@ -102,6 +139,13 @@ pub struct Session {
     reader: Option<BoxedRead>,
     phase: Phase,
     client: Option<Client>,
+    /// The receiving end of this client's delivery queue; `None` while the pump holds it.
+    deliveries: Option<mpsc::Receiver<Delivery>>,
+    /// A pump future is waiting on `deliveries`.
+    pumping: bool,
+    /// Deliveries taken from the queue that cannot be written yet (Receive Maximum reached);
+    /// at most one pump batch, so this stays small.
+    pending: VecDeque<Delivery>,
     /// When the last packet arrived (keep-alive).
     last_packet: Instant,
     /// Recorded in the database when the connection ends.
@@ -139,6 +183,9 @@ impl Session {
             reader,
             phase: Phase::AwaitingConnect,
             client: None,
+            deliveries: None,
+            pumping: false,
+            pending: VecDeque::new(),
             last_packet: Instant::now(),
             end_reason: "connection closed".into(),
         }
@@ -151,19 +198,14 @@ impl Session {
         }
     }
 
-    /// Opens the writer in the protocol version of the CONNECT being handled. `max_outbound` is
-    /// the client's Maximum Packet Size.
-    fn open_writer(
-        &mut self,
-        version: ProtocolVersion,
-        max_outbound: Option<u32>,
-        ctx: &mut Context<Self>,
-    ) {
+    /// Opens the writer in the protocol version of the CONNECT being handled. The client's
+    /// Maximum Packet Size is enforced per delivery (see `deliver`), not by the codec, so an
+    /// oversized message is skipped rather than ending the connection.
+    fn open_writer(&mut self, version: ProtocolVersion, ctx: &mut Context<Self>) {
         if let Writer::Unopened(io) = &mut self.writer
             && let Some(io) = io.take()
         {
-            let mut codec = MqttCodec::new(version, self.shared.config.limits.max_packet_size);
-            codec.set_max_outbound(max_outbound);
+            let codec = MqttCodec::new(version, self.shared.config.limits.max_packet_size);
             self.writer = Writer::Open(FramedWrite::new(io, codec, ctx));
         }
     }
@@ -197,7 +239,7 @@ impl Session {
                 SessionError::Decode(DecodeError::InConnect { version, .. }),
             ) => {
                 let version = *version;
-                self.open_writer(version, None, ctx);
+                self.open_writer(version, ctx);
                 self.refuse(version, reason);
             }
             (Phase::Connecting(version), _) => self.refuse(version, reason),
@@ -228,7 +270,7 @@ impl Session {
         let client = self.client.as_mut().filter(|c| c.recorded)?;
         client.recorded = false;
         Some(RecordDisconnect {
-            client_id: client.client_id.clone(),
+            client_id: client.client_id.to_string(),
             connection_id: self.conn_id as i64,
             at_ms: unix_millis(),
             reason: self.end_reason.clone(),
@@ -260,19 +302,13 @@ impl Session {
     fn dispatch(&mut self, packet: Packet, ctx: &mut Context<Self>) -> Result<(), SessionError> {
         match packet {
             Packet::Connect(connect) => self.on_connect(*connect, ctx),
-            Packet::Publish(publish) => self.on_publish(*publish),
+            Packet::Publish(publish) => self.on_publish(*publish, ctx),
             Packet::PubRel(ack) => self.on_pubrel(ack),
-            Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubComp(ack) => {
-                // The broker has sent no PUBLISH this could acknowledge; an unknown id is
-                // ignored, as [MQTT-2.2.1-5] lets a receiver do.
-                debug!(
-                    "{}: acknowledgement for unknown packet id {}",
-                    self.peer, ack.packet_id
-                );
-                Ok(())
-            }
-            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe),
-            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
+            Packet::PubAck(ack) => self.on_puback(ack, ctx),
+            Packet::PubRec(ack) => self.on_pubrec(ack),
+            Packet::PubComp(ack) => self.on_pubcomp(ack, ctx),
+            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe, ctx),
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe, ctx),
             Packet::PingReq => {
                 self.send(Packet::PingResp);
                 Ok(())
@@ -300,6 +336,12 @@ impl Session {
         {
             return Err(SessionError::SessionExpiryAfterZero);
         }
+        if disconnect.reason == ReasonCode::Success
+            && let Some(client) = self.client.as_mut()
+        {
+            // [MQTT-3.1.2-10]: a normal disconnection discards the Will.
+            client.will = None;
+        }
         self.end_reason = format!("client disconnect ({:#04x})", disconnect.reason as u8);
         self.close(ctx);
         Ok(())
@@ -324,6 +366,7 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        self.publish_will();
         let Some(client) = &self.client else { return };
         info!(
             "client {:?} ({}): disconnected: {}",

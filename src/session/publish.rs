@@ -1,54 +1,158 @@
-//! Inbound PUBLISH and its acknowledgements (§3.3-§3.7).
+//! Inbound PUBLISH and the acknowledgements of both directions (§3.3-§3.7).
 //!
-//! Routing is not built yet, so every message is accepted and has no subscriber: QoS 1 gets
-//! PUBACK and QoS 2 gets PUBREC with reason 0x10 (No matching subscribers), and the QoS 2
-//! exchange completes with PUBREL/PUBCOMP.
+//! Inbound QoS 2 uses the spec's "method A": the message is passed on when the PUBLISH
+//! arrives, and a re-sent PUBLISH with a packet id still awaiting PUBREL is only acknowledged
+//! again, never passed on twice [MQTT-4.3.3-10].
 
-use super::{Session, SessionError};
-use crate::mqtt::{Ack, Packet, Publish, QoS, ReasonCode, topic};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use log::{debug, warn};
+
+use super::{Outbound, Session, SessionError};
+use crate::acl::AclAction;
+use crate::clock::unix_millis;
+use crate::message::AppMessage;
+use crate::messages::{Publish as RoutePublish, StoreRetained};
+use crate::mqtt::{Ack, Packet, Properties, Publish, QoS, ReasonCode, topic};
 
 impl Session {
-    pub(super) fn on_publish(&mut self, publish: Publish) -> Result<(), SessionError> {
+    pub(super) fn on_publish(
+        &mut self,
+        publish: Publish,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), SessionError> {
         let receive_maximum = self.shared.config.limits.receive_maximum;
-        if publish.properties.topic_alias.is_some() {
-            return Err(SessionError::TopicAliasInvalid);
-        }
-        if publish.topic.is_empty() {
-            return Err(SessionError::EmptyTopic);
-        }
-        if topic::validate_topic_name(&publish.topic).is_err() {
-            return Err(SessionError::TopicNameInvalid(publish.topic));
-        }
-        if !publish.properties.subscription_identifiers.is_empty() {
-            return Err(SessionError::SubscriptionIdentifierInPublish);
-        }
-        if publish.retain {
-            return Err(SessionError::RetainNotSupported);
-        }
+        let alias_maximum = self.shared.config.limits.topic_alias_maximum;
         let Some(client) = self.client.as_mut() else {
             return Ok(());
         };
-        let ack = |packet_id| Ack {
-            packet_id,
-            reason: ReasonCode::NoMatchingSubscribers,
-            ..Default::default()
-        };
-        match (publish.qos, publish.packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => self.send(Packet::PubAck(ack(id))),
-            (QoS::ExactlyOnce, Some(id)) => {
-                // A re-sent PUBLISH with an id already awaiting PUBREL is answered again and
-                // not counted twice [MQTT-4.3.3-10].
-                if !client.awaiting_rel.contains(&id)
-                    && client.awaiting_rel.len() >= usize::from(receive_maximum)
-                {
-                    return Err(SessionError::ReceiveMaximumExceeded(receive_maximum));
-                }
-                client.awaiting_rel.insert(id);
-                self.send(Packet::PubRec(ack(id)));
+        let p = &publish.properties;
+        if !p.subscription_identifiers.is_empty() {
+            return Err(SessionError::SubscriptionIdentifierInPublish);
+        }
+        if let Some(response) = &p.response_topic
+            && topic::validate_topic_name(response).is_err()
+        {
+            return Err(SessionError::InvalidResponseTopic(response.clone()));
+        }
+        let topic: Arc<str> = match (p.topic_alias, publish.topic.is_empty()) {
+            (Some(alias), _) if alias > alias_maximum => {
+                return Err(SessionError::TopicAliasInvalid(alias));
             }
-            _ => {}
+            (Some(alias), true) => client
+                .aliases_in
+                .get(&alias)
+                .cloned()
+                .ok_or(SessionError::UnknownTopicAlias(alias))?,
+            (alias, false) => {
+                if topic::validate_topic_name(&publish.topic).is_err() {
+                    return Err(SessionError::TopicNameInvalid(publish.topic));
+                }
+                let topic: Arc<str> = publish.topic.into();
+                if let Some(alias) = alias {
+                    client.aliases_in.insert(alias, topic.clone());
+                }
+                topic
+            }
+            (None, true) => return Err(SessionError::EmptyTopic),
+        };
+        let (qos, packet_id) = (publish.qos, publish.packet_id.unwrap_or(0));
+        if qos == QoS::ExactlyOnce {
+            if client.awaiting_rel.contains(&packet_id) {
+                self.acknowledge(qos, packet_id, ReasonCode::Success);
+                return Ok(());
+            }
+            if client.awaiting_rel.len() >= usize::from(receive_maximum) {
+                return Err(SessionError::ReceiveMaximumExceeded(receive_maximum));
+            }
+        }
+        // Clients may not write the broker's own topics (§4.7.2), nor what the ACL forbids.
+        if topic.starts_with("$SYS") || !client.acl.allows(AclAction::Publish, &topic) {
+            debug!(
+                "{:?}: PUBLISH to {topic:?} not authorised",
+                client.client_id
+            );
+            self.acknowledge(qos, packet_id, ReasonCode::NotAuthorized);
+            return Ok(());
+        }
+        let now = unix_millis();
+        let message = Arc::new(AppMessage {
+            topic,
+            payload: publish.payload,
+            qos,
+            retain: publish.retain,
+            expires_at_ms: p.message_expiry_interval.map(|s| now + i64::from(s) * 1000),
+            properties: forwarded_properties(publish.properties),
+            publisher: client.client_id.clone(),
+        });
+        if message.retain {
+            // The retained store changes only once the database has it; the session reads no
+            // further packet until then, which keeps the publisher's order.
+            self.shared
+                .db
+                .send(StoreRetained {
+                    message: message.clone(),
+                })
+                .into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(Ok(())) => {
+                        act.route(message, ctx);
+                        act.acknowledge(qos, packet_id, ReasonCode::Success);
+                    }
+                    Ok(Err(e)) => {
+                        warn!("storing a retained message failed: {e}");
+                        act.acknowledge(qos, packet_id, ReasonCode::UnspecifiedError);
+                    }
+                    Err(e) => {
+                        warn!("database actor unavailable: {e}");
+                        act.acknowledge(qos, packet_id, ReasonCode::UnspecifiedError);
+                    }
+                })
+                .wait(ctx);
+        } else {
+            self.route(message, ctx);
+            self.acknowledge(qos, packet_id, ReasonCode::Success);
         }
         Ok(())
+    }
+
+    /// Hands a message to the Registry. When its mailbox is full the session waits for room
+    /// and reads nothing meanwhile: backpressure reaches the publisher through TCP.
+    pub(super) fn route(&mut self, message: Arc<AppMessage>, ctx: &mut Context<Self>) {
+        match self.shared.registry.try_send(RoutePublish { message }) {
+            Ok(()) => {}
+            Err(SendError::Full(msg)) => {
+                self.shared
+                    .registry
+                    .send(msg)
+                    .into_actor(self)
+                    .map(|_, _, _| ())
+                    .wait(ctx);
+            }
+            Err(SendError::Closed(_)) => debug!("registry stopped: message not routed"),
+        }
+    }
+
+    /// PUBACK for QoS 1, PUBREC for QoS 2 (remembering the id until PUBREL unless refused).
+    fn acknowledge(&mut self, qos: QoS, packet_id: u16, reason: ReasonCode) {
+        let ack = Ack {
+            packet_id,
+            reason,
+            properties: Properties::default(),
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(Packet::PubAck(ack)),
+            QoS::ExactlyOnce => {
+                if let Some(client) = self.client.as_mut()
+                    && !reason.is_failure()
+                {
+                    client.awaiting_rel.insert(packet_id);
+                }
+                self.send(Packet::PubRec(ack));
+            }
+        }
     }
 
     /// PUBREL releases a QoS 2 packet id; an unknown id gets PUBCOMP 0x92 [MQTT-4.3.3-11].
@@ -65,8 +169,119 @@ impl Session {
         self.send(Packet::PubComp(Ack {
             packet_id: pubrel.packet_id,
             reason,
-            ..Default::default()
+            properties: Properties::default(),
         }));
         Ok(())
+    }
+
+    /// PUBACK ends an outbound QoS 1 exchange. Acknowledgements of unknown ids, or of the wrong
+    /// kind, are ignored, as [MQTT-2.2.1-5] lets a receiver do.
+    pub(super) fn on_puback(
+        &mut self,
+        ack: Ack,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), SessionError> {
+        self.complete(ack.packet_id, Outbound::Qos1Sent, ctx);
+        Ok(())
+    }
+
+    /// PUBREC moves an outbound QoS 2 exchange on to PUBREL, unless it reports a failure.
+    pub(super) fn on_pubrec(&mut self, ack: Ack) -> Result<(), SessionError> {
+        let Some(client) = self.client.as_mut() else {
+            return Ok(());
+        };
+        match client.inflight.get(&ack.packet_id) {
+            Some(Outbound::Qos2Sent) if ack.reason.is_failure() => {
+                client.inflight.remove(&ack.packet_id);
+            }
+            Some(Outbound::Qos2Sent | Outbound::Released) => {
+                client.inflight.insert(ack.packet_id, Outbound::Released);
+                let pubrel = Ack {
+                    packet_id: ack.packet_id,
+                    reason: ReasonCode::Success,
+                    ..Ack::default()
+                };
+                self.send(Packet::PubRel(pubrel));
+            }
+            _ => debug!(
+                "{:?}: PUBREC for unknown id {}",
+                client.client_id, ack.packet_id
+            ),
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_pubcomp(
+        &mut self,
+        ack: Ack,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), SessionError> {
+        self.complete(ack.packet_id, Outbound::Released, ctx);
+        Ok(())
+    }
+
+    fn complete(&mut self, packet_id: u16, expected: Outbound, ctx: &mut Context<Self>) {
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        if client.inflight.get(&packet_id) == Some(&expected) {
+            client.inflight.remove(&packet_id);
+            self.release(ctx);
+        } else {
+            debug!(
+                "{:?}: unexpected acknowledgement for id {packet_id}",
+                client.client_id
+            );
+        }
+    }
+
+    /// The Will, when the connection ends without DISCONNECT 0x00 (§3.1.2.5). Sessions end with
+    /// their connection for now, so it is published at once, whatever the Will Delay.
+    pub(super) fn publish_will(&mut self) {
+        let Some(client) = self.client.as_mut().filter(|c| c.accepted) else {
+            return;
+        };
+        let Some(will) = client.will.take() else {
+            return;
+        };
+        if will.topic.starts_with("$SYS") || !client.acl.allows(AclAction::Publish, &will.topic) {
+            debug!(
+                "{:?}: Will to {:?} not authorised",
+                client.client_id, will.topic
+            );
+            return;
+        }
+        let message = Arc::new(AppMessage {
+            topic: will.topic.into(),
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            expires_at_ms: will
+                .properties
+                .message_expiry_interval
+                .map(|s| unix_millis() + i64::from(s) * 1000),
+            properties: forwarded_properties(will.properties),
+            publisher: client.client_id.clone(),
+        });
+        // One of each per connection end, so these `do_send`s are bounded by connections.
+        if message.retain {
+            self.shared.db.do_send(StoreRetained {
+                message: message.clone(),
+            });
+        }
+        self.shared.registry.do_send(RoutePublish { message });
+    }
+}
+
+/// The properties a subscriber receives unchanged and in order [MQTT-3.3.2-17..18]; Topic
+/// Alias, Message Expiry, Will Delay and Subscription Identifiers are per hop.
+fn forwarded_properties(p: Properties) -> Properties {
+    Properties {
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+        ..Properties::default()
     }
 }

@@ -1,49 +1,130 @@
-//! SUBSCRIBE and UNSUBSCRIBE (§3.8-§3.11).
-//!
-//! Subscriptions are not built yet: every filter is answered with its own failure code
-//! (0x8F invalid, 0x9E shared, 0xA2 wildcard, 0x83 otherwise; 0x80 in 3.1.1), so clients learn
-//! the truth instead of waiting for messages that cannot come.
+//! SUBSCRIBE and UNSUBSCRIBE (§3.8-§3.11): one reason code per filter, in order.
+
+use actix::prelude::*;
 
 use super::{Session, SessionError};
+use crate::acl::AclAction;
+use crate::messages::{Subscribe as AddSubscriptions, Unsubscribe as RemoveSubscriptions};
 use crate::mqtt::{
-    Packet, Properties, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, topic,
+    Packet, Properties, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, topic,
 };
+use crate::registry::subscriptions::Subscription;
 
 impl Session {
-    pub(super) fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), SessionError> {
-        if !subscribe.properties.subscription_identifiers.is_empty() {
-            return Err(SessionError::SubscriptionIdentifiersNotSupported);
-        }
-        let reasons = subscribe
-            .filters
-            .iter()
-            .map(|(filter, _)| {
-                if topic::validate_topic_filter(filter).is_err() {
-                    ReasonCode::TopicFilterInvalid
-                } else if filter.starts_with("$share/") {
-                    ReasonCode::SharedSubscriptionsNotSupported
-                } else if filter.contains(['+', '#']) {
-                    ReasonCode::WildcardSubscriptionsNotSupported
-                } else {
-                    ReasonCode::ImplementationSpecificError
+    pub(super) fn on_subscribe(
+        &mut self,
+        subscribe: Subscribe,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), SessionError> {
+        let Some(client) = self.client.as_ref() else {
+            return Ok(());
+        };
+        let identifier = subscribe
+            .properties
+            .subscription_identifiers
+            .first()
+            .copied();
+        let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        let mut granted = Vec::new();
+        for (filter, options) in subscribe.filters {
+            let shared = topic::split_shared(&filter).is_some();
+            if shared && options.no_local {
+                return Err(SessionError::NoLocalOnShared);
+            }
+            let reason = if topic::validate_topic_filter(&filter).is_err() {
+                ReasonCode::TopicFilterInvalid
+            } else if !client.acl.allows(AclAction::Subscribe, &filter) {
+                ReasonCode::NotAuthorized
+            } else {
+                granted.push((
+                    filter,
+                    Subscription {
+                        options,
+                        identifier,
+                    },
+                ));
+                match options.qos {
+                    QoS::AtMostOnce => ReasonCode::Success,
+                    QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                    QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
                 }
+            };
+            reasons.push(reason);
+        }
+        let packet_id = subscribe.packet_id;
+        if granted.is_empty() {
+            self.send_suback(packet_id, reasons);
+            return Ok(());
+        }
+        // The SUBACK goes out before the retained messages the Registry queues for the new
+        // subscriptions, because `wait` holds the delivery pump until it is written.
+        let add = AddSubscriptions {
+            client_id: client.client_id.clone(),
+            filters: granted,
+        };
+        self.shared
+            .registry
+            .send(add)
+            .into_actor(self)
+            .map(move |result, act, _| {
+                if result.is_err() {
+                    for reason in reasons.iter_mut().filter(|r| !r.is_failure()) {
+                        *reason = ReasonCode::UnspecifiedError;
+                    }
+                }
+                act.send_suback(packet_id, reasons);
             })
-            .collect();
-        self.send(Packet::SubAck(SubAck {
-            packet_id: subscribe.packet_id,
-            properties: Properties::default(),
-            reasons,
-        }));
+            .wait(ctx);
         Ok(())
     }
 
-    pub(super) fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Result<(), SessionError> {
-        let reasons = vec![ReasonCode::NoSubscriptionExisted; unsubscribe.filters.len()];
-        self.send(Packet::UnsubAck(UnsubAck {
-            packet_id: unsubscribe.packet_id,
+    fn send_suback(&mut self, packet_id: u16, reasons: Vec<ReasonCode>) {
+        self.send(Packet::SubAck(SubAck {
+            packet_id,
             properties: Properties::default(),
             reasons,
         }));
+    }
+
+    pub(super) fn on_unsubscribe(
+        &mut self,
+        unsubscribe: Unsubscribe,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), SessionError> {
+        let Some(client) = self.client.as_ref() else {
+            return Ok(());
+        };
+        let packet_id = unsubscribe.packet_id;
+        let count = unsubscribe.filters.len();
+        let remove = RemoveSubscriptions {
+            client_id: client.client_id.clone(),
+            filters: unsubscribe.filters,
+        };
+        self.shared
+            .registry
+            .send(remove)
+            .into_actor(self)
+            .map(move |result, act, _| {
+                let reasons = match result {
+                    Ok(existed) => existed
+                        .into_iter()
+                        .map(|had| {
+                            if had {
+                                ReasonCode::Success
+                            } else {
+                                ReasonCode::NoSubscriptionExisted
+                            }
+                        })
+                        .collect(),
+                    Err(_) => vec![ReasonCode::UnspecifiedError; count],
+                };
+                act.send(Packet::UnsubAck(UnsubAck {
+                    packet_id,
+                    properties: Properties::default(),
+                    reasons,
+                }));
+            })
+            .wait(ctx);
         Ok(())
     }
 }

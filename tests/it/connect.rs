@@ -37,11 +37,15 @@ async fn v5_connack_announces_the_server_capabilities() {
     let p = ack.properties;
     assert_eq!(p.receive_maximum, Some(100));
     assert_eq!(p.maximum_packet_size, Some(1024 * 1024));
-    assert_eq!(p.retain_available, Some(0));
-    assert_eq!(p.wildcard_subscription_available, Some(0));
-    assert_eq!(p.subscription_identifiers_available, Some(0));
-    assert_eq!(p.shared_subscription_available, Some(0));
-    assert_eq!(p.maximum_qos, None, "absent Maximum QoS means 2");
+    assert_eq!(p.topic_alias_maximum, Some(10));
+    // Absent means available: retained messages, wildcard and shared subscriptions,
+    // subscription identifiers, and QoS 2.
+    assert_eq!(p.retain_available, None);
+    assert_eq!(p.wildcard_subscription_available, None);
+    assert_eq!(p.subscription_identifiers_available, None);
+    assert_eq!(p.shared_subscription_available, None);
+    assert_eq!(p.maximum_qos, None);
+    assert_eq!(p.session_expiry_interval, None, "the client asked for none");
     assert_eq!(p.assigned_client_identifier, None);
     assert_eq!(p.server_keep_alive, None, "no keep-alive cap is configured");
 }
@@ -318,4 +322,34 @@ async fn password_bytes_that_are_not_utf8_are_just_wrong() {
     c.password = Some(Bytes::from_static(&[0xFF, 0xFE, 0x00]));
     let ack = connack_for(broker.addr, V5, Packet::Connect(c)).await;
     assert_eq!(ack.reason, ReasonCode::BadUserNameOrPassword);
+}
+
+#[tokio::test]
+async fn section_3_2_2_3_2_requested_session_expiry_is_answered_with_0_until_sessions_persist() {
+    let broker = start_broker();
+    let Packet::Connect(mut c) = connect(V5, "sei") else {
+        unreachable!()
+    };
+    c.properties.session_expiry_interval = Some(3600);
+    let ack = connack_for(broker.addr, V5, Packet::Connect(c)).await;
+    assert_eq!(ack.properties.session_expiry_interval, Some(0));
+}
+
+#[tokio::test]
+async fn section_3_1_2_11_6_response_information_when_requested_and_configured() {
+    let broker = start_broker_with(|c| c.response_information = Some("replies/".into()));
+    let Packet::Connect(mut c) = connect(V5, "rri") else {
+        unreachable!()
+    };
+    c.properties.request_response_information = Some(1);
+    let ack = connack_for(broker.addr, V5, Packet::Connect(c)).await;
+    assert_eq!(
+        ack.properties.response_information.as_deref(),
+        Some("replies/")
+    );
+    let ack = connack_for(broker.addr, V5, connect(V5, "no-rri")).await;
+    assert_eq!(
+        ack.properties.response_information, None,
+        "only when requested"
+    );
 }

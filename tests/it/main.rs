@@ -7,4 +7,4 @@ mod connect;
 mod interop;
 mod lifecycle;
 mod malformed;
-mod publish;
+mod pubsub;

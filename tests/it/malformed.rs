@@ -291,7 +291,7 @@ async fn c47_mqtt_3_3_2_2_wildcard_in_topic_name_gets_0x90() {
 }
 
 #[tokio::test]
-async fn c49_c51_empty_topic_and_topic_alias() {
+async fn c49_c51_c52_empty_topic_and_topic_aliases() {
     let broker = start_broker();
     // Empty topic, no alias: protocol error (§3.3.4).
     after_connect_expect_disconnect(
@@ -300,7 +300,7 @@ async fn c49_c51_empty_topic_and_topic_alias() {
         ReasonCode::ProtocolError,
     )
     .await;
-    // Topic Alias 0 [MQTT-3.3.2-8] and any alias while the maximum is 0 [MQTT-3.3.2-12]: 0x94.
+    // Topic Alias 0 [MQTT-3.3.2-8], and 11 above the Topic Alias Maximum of 10 [MQTT-3.3.2-12]: 0x94.
     after_connect_expect_disconnect(
         broker.addr,
         &[0x30, 0x07, 0x00, 0x01, b't', 0x03, 0x23, 0x00, 0x00],
@@ -309,8 +309,29 @@ async fn c49_c51_empty_topic_and_topic_alias() {
     .await;
     after_connect_expect_disconnect(
         broker.addr,
-        &[0x30, 0x07, 0x00, 0x01, b't', 0x03, 0x23, 0x00, 0x01],
+        &[0x30, 0x07, 0x00, 0x01, b't', 0x03, 0x23, 0x00, 0x0B],
         ReasonCode::TopicAliasInvalid,
+    )
+    .await;
+    // Empty topic with alias 1, which was never set on this connection: protocol error.
+    after_connect_expect_disconnect(
+        broker.addr,
+        &[0x30, 0x06, 0x00, 0x00, 0x03, 0x23, 0x00, 0x01],
+        ReasonCode::ProtocolError,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn c56_mqtt_3_3_2_14_response_topic_with_a_wildcard_is_a_protocol_error() {
+    let broker = start_broker();
+    // Response Topic (0x08) "r/#".
+    after_connect_expect_disconnect(
+        broker.addr,
+        &[
+            0x30, 0x0A, 0x00, 0x01, b't', 0x06, 0x08, 0x00, 0x03, b'r', b'/', b'#',
+        ],
+        ReasonCode::ProtocolError,
     )
     .await;
 }
@@ -327,14 +348,26 @@ async fn c55_mqtt_3_3_4_6_subscription_identifier_in_publish_is_a_protocol_error
 }
 
 #[tokio::test]
-async fn c59_mqtt_3_2_2_14_retain_while_unavailable_gets_0x9a() {
+async fn c60_clients_may_not_publish_to_sys_topics() {
     let broker = start_broker();
-    after_connect_expect_disconnect(
-        broker.addr,
-        &[0x31, 0x05, 0x00, 0x01, b't', 0x00, b'x'],
-        ReasonCode::RetainNotSupported,
-    )
-    .await;
+    let mut client = Client::connected(broker.addr, V5, "sys").await;
+    // QoS 1 PUBLISH to "$SYS/x", packet id 1: PUBACK 0x87, and the connection stays.
+    client
+        .send_raw(
+            &[
+                0x32, 0x0C, 0x00, 0x06, b'$', b'S', b'Y', b'S', b'/', b'x', 0x00, 0x01, 0x00, b'!',
+            ][..],
+        )
+        .await;
+    client
+        .expect(Packet::PubAck(mqttd::mqtt::Ack {
+            packet_id: 1,
+            reason: ReasonCode::NotAuthorized,
+            properties: Properties::default(),
+        }))
+        .await;
+    client.send(Packet::PingReq).await;
+    client.expect(Packet::PingResp).await;
 }
 
 #[tokio::test]

@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+
 use mqttd::Config;
 use mqttd::mqtt::{Connect, DecodeError, MqttCodec, Packet, Properties, ProtocolVersion};
+use mqttd::stats::Counters;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -21,6 +24,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TestBroker {
     pub addr: SocketAddr,
     pub db_path: PathBuf,
+    /// The broker's drop counters.
+    pub counters: Arc<Counters>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     _dir: Option<tempfile::TempDir>,
@@ -64,18 +69,21 @@ pub fn start_broker_on(db_path: PathBuf, adjust: impl FnOnce(&mut Config)) -> Te
                     return;
                 }
             };
-            addr_tx.send(Ok(broker.local_addrs[0])).unwrap();
+            addr_tx
+                .send(Ok((broker.local_addrs[0], broker.counters.clone())))
+                .unwrap();
             let _ = stop_rx.await;
             broker.shutdown().await;
         });
     });
-    let addr = addr_rx
+    let (addr, counters) = addr_rx
         .recv()
         .expect("broker thread")
         .expect("broker start");
     TestBroker {
         addr,
         db_path,
+        counters,
         stop: Some(stop_tx),
         thread: Some(thread),
         _dir: None,

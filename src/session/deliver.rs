@@ -1,0 +1,166 @@
+//! Outbound messages: the pump that takes deliveries from the session's bounded queue, and
+//! the writing of each as a PUBLISH, within the client's Receive Maximum [MQTT-3.3.4-9],
+//! Maximum Packet Size [MQTT-3.1.2-25] and Topic Alias Maximum.
+//!
+//! The queue is only read while the client can take more: when its Receive Maximum is used up,
+//! or the socket's write buffer is over its high-water mark (actix `FramedWrite` then pauses
+//! the actor), the queue fills and the Registry drops further messages for this client.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use log::debug;
+
+use super::{Client, Outbound, Phase, Session};
+use crate::acl::AclAction;
+use crate::clock::unix_millis;
+use crate::message::Delivery;
+use crate::mqtt::{MqttCodec, Packet, Publish, QoS};
+use crate::stats::Counters;
+
+/// Deliveries taken from the queue per wake-up: enough to amortise the wake-up, few enough to
+/// bound what waits in `pending` when the Receive Maximum is reached.
+const PUMP_BATCH: usize = 16;
+
+impl Session {
+    /// Waits for the next deliveries, unless already waiting or the client cannot take more.
+    pub(super) fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.pumping || self.phase != Phase::Connected || !self.pending.is_empty() {
+            return;
+        }
+        let Some(mut queue) = self.deliveries.take() else {
+            return;
+        };
+        self.pumping = true;
+        async move {
+            let mut batch = Vec::new();
+            if let Some(first) = queue.recv().await {
+                batch.push(first);
+                while batch.len() < PUMP_BATCH {
+                    match queue.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+            }
+            (queue, batch)
+        }
+        .into_actor(self)
+        .map(|(queue, batch), act, ctx| {
+            act.pumping = false;
+            // An empty batch means the Registry dropped the sender: nothing more will come.
+            if batch.is_empty() {
+                return;
+            }
+            act.deliveries = Some(queue);
+            act.pending.extend(batch);
+            act.release(ctx);
+        })
+        .spawn(ctx);
+    }
+
+    /// Writes pending deliveries while the client's Receive Maximum allows, then pumps again.
+    pub(super) fn release(&mut self, ctx: &mut Context<Self>) {
+        while let Some(delivery) = self.pending.front() {
+            let window_full = self.client.as_ref().is_none_or(|c| {
+                delivery.qos != QoS::AtMostOnce
+                    && c.inflight.len() >= usize::from(c.receive_maximum)
+            });
+            if window_full {
+                return;
+            }
+            if let Some(delivery) = self.pending.pop_front() {
+                self.write_delivery(delivery);
+            }
+        }
+        self.pump(ctx);
+    }
+
+    fn write_delivery(&mut self, delivery: Delivery) {
+        let counters = self.shared.counters.clone();
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        let message = &delivery.message;
+        if !client.acl.allows(AclAction::Receive, &message.topic) {
+            debug!(
+                "{:?}: not authorised to receive {:?}",
+                client.client_id, message.topic
+            );
+            return;
+        }
+        let expiry = message.remaining_expiry(unix_millis());
+        if expiry == Some(0) {
+            Counters::add(&counters.dropped_expired);
+            return;
+        }
+        let mut properties = message.properties.clone();
+        properties.message_expiry_interval = expiry;
+        properties.subscription_identifiers = delivery.subscription_ids;
+        let mut packet = Packet::Publish(Box::new(Publish {
+            dup: false,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic: message.topic.to_string(),
+            packet_id: (delivery.qos != QoS::AtMostOnce).then_some(0),
+            properties,
+            payload: message.payload.clone(),
+        }));
+        if let Some(max) = client.maximum_packet_size {
+            // Sized with the full topic plus room for a Topic Alias: the largest form it takes.
+            let size = MqttCodec::encoded_len(&packet, client.protocol) + 3;
+            if size > max as usize {
+                debug!(
+                    "{:?}: {size}-byte PUBLISH over its maximum of {max}",
+                    client.client_id
+                );
+                Counters::add(&counters.dropped_too_large);
+                return;
+            }
+        }
+        if let Packet::Publish(publish) = &mut packet {
+            apply_topic_alias(client, &message.topic, publish);
+            if publish.qos != QoS::AtMostOnce {
+                let id = client.next_free_packet_id();
+                publish.packet_id = Some(id);
+                let state = if publish.qos == QoS::AtLeastOnce {
+                    Outbound::Qos1Sent
+                } else {
+                    Outbound::Qos2Sent
+                };
+                client.inflight.insert(id, state);
+            }
+        }
+        self.send(packet);
+    }
+}
+
+/// The broker gives aliases to the first topics it sends, up to the client's Topic Alias
+/// Maximum; later messages on those topics carry the alias and an empty topic (§3.3.2.3.4).
+fn apply_topic_alias(client: &mut Client, topic: &Arc<str>, publish: &mut Publish) {
+    if client.topic_alias_maximum == 0 {
+        return;
+    }
+    if let Some(&alias) = client.aliases_out.get(topic) {
+        publish.topic.clear();
+        publish.properties.topic_alias = Some(alias);
+    } else if client.aliases_out.len() < usize::from(client.topic_alias_maximum) {
+        let alias = client.aliases_out.len() as u16 + 1;
+        client.aliases_out.insert(topic.clone(), alias);
+        publish.properties.topic_alias = Some(alias);
+    }
+}
+
+impl Client {
+    /// A packet id not used by any outbound exchange in flight. The caller keeps `inflight`
+    /// below the Receive Maximum (at most 65,535), so a free id always exists.
+    fn next_free_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+}
