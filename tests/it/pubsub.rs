@@ -1,2 +1,881 @@
 //! Publish/subscribe through the broker: routing, QoS flows, flow control and MQTT 5 delivery
 //! features (§3.3-§3.11, §4.3-§4.8).
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use mqttd::mqtt::{
+    Ack, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
+    Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+};
+
+use crate::common::*;
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+const V311: ProtocolVersion = ProtocolVersion::V311;
+
+fn publish(topic: &str, qos: QoS, packet_id: Option<u16>, payload: &'static [u8]) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id,
+        properties: Properties::default(),
+        payload: Bytes::from_static(payload),
+    }
+}
+
+fn ack(packet_id: u16, reason: ReasonCode) -> Ack {
+    Ack {
+        packet_id,
+        reason,
+        properties: Properties::default(),
+    }
+}
+
+fn options(qos: QoS) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos,
+        ..Default::default()
+    }
+}
+
+/// Subscribes and checks the SUBACK grants every filter its requested QoS.
+async fn subscribe(client: &mut Client, packet_id: u16, filters: &[(&str, SubscriptionOptions)]) {
+    subscribe_with(client, packet_id, filters, Properties::default()).await;
+}
+
+async fn subscribe_with(
+    client: &mut Client,
+    packet_id: u16,
+    filters: &[(&str, SubscriptionOptions)],
+    properties: Properties,
+) {
+    client
+        .send(Packet::Subscribe(Subscribe {
+            packet_id,
+            properties,
+            filters: filters.iter().map(|(f, o)| (f.to_string(), *o)).collect(),
+        }))
+        .await;
+    let granted = filters
+        .iter()
+        .map(|(_, o)| match o.qos {
+            QoS::AtMostOnce => ReasonCode::Success,
+            QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+            QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+        })
+        .collect();
+    client
+        .expect(Packet::SubAck(SubAck {
+            packet_id,
+            properties: Properties::default(),
+            reasons: granted,
+        }))
+        .await;
+}
+
+/// The next PUBLISH the client receives.
+async fn next_publish(client: &mut Client) -> Publish {
+    match client.recv().await {
+        Some(Ok(Packet::Publish(p))) => *p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+/// Publishes at QoS 1 and waits for the PUBACK, so the message has been routed.
+async fn publish_qos1(client: &mut Client, topic: &str, packet_id: u16, payload: &'static [u8]) {
+    client
+        .send(Packet::Publish(Box::new(publish(
+            topic,
+            QoS::AtLeastOnce,
+            Some(packet_id),
+            payload,
+        ))))
+        .await;
+    client
+        .expect(Packet::PubAck(ack(packet_id, ReasonCode::Success)))
+        .await;
+}
+
+#[tokio::test]
+async fn qos_0_1_2_are_delivered_at_min_of_published_and_granted_qos() {
+    let broker = start_broker();
+    let mut sub = Client::connected(broker.addr, V5, "sub").await;
+    subscribe(
+        &mut sub,
+        1,
+        &[
+            ("q/0", options(QoS::AtMostOnce)),
+            ("q/1", options(QoS::AtLeastOnce)),
+            ("q/2", options(QoS::ExactlyOnce)),
+        ],
+    )
+    .await;
+    let mut publisher = Client::connected(broker.addr, V5, "pub").await;
+    // QoS 2 to each topic: delivered at 0, 1 and 2 [MQTT-3.8.4-6].
+    for (i, topic) in ["q/0", "q/1", "q/2"].iter().enumerate() {
+        let id = i as u16 + 1;
+        publisher
+            .send(Packet::Publish(Box::new(publish(
+                topic,
+                QoS::ExactlyOnce,
+                Some(id),
+                b"x",
+            ))))
+            .await;
+        publisher
+            .expect(Packet::PubRec(ack(id, ReasonCode::Success)))
+            .await;
+        publisher
+            .send(Packet::PubRel(ack(id, ReasonCode::Success)))
+            .await;
+        publisher
+            .expect(Packet::PubComp(ack(id, ReasonCode::Success)))
+            .await;
+    }
+    let p = next_publish(&mut sub).await;
+    assert_eq!(
+        (p.topic.as_str(), p.qos, p.packet_id),
+        ("q/0", QoS::AtMostOnce, None)
+    );
+    let p = next_publish(&mut sub).await;
+    assert_eq!((p.topic.as_str(), p.qos), ("q/1", QoS::AtLeastOnce));
+    let id1 = p.packet_id.unwrap();
+    sub.send(Packet::PubAck(ack(id1, ReasonCode::Success)))
+        .await;
+    let p = next_publish(&mut sub).await;
+    assert_eq!(
+        (p.topic.as_str(), p.qos, p.dup),
+        ("q/2", QoS::ExactlyOnce, false)
+    );
+    let id2 = p.packet_id.unwrap();
+    // The QoS 2 exchange towards the subscriber: PUBREC -> PUBREL -> PUBCOMP.
+    sub.send(Packet::PubRec(ack(id2, ReasonCode::Success)))
+        .await;
+    sub.expect(Packet::PubRel(ack(id2, ReasonCode::Success)))
+        .await;
+    sub.send(Packet::PubComp(ack(id2, ReasonCode::Success)))
+        .await;
+    // QoS 0 published to a QoS 2 subscription arrives at QoS 0.
+    publisher
+        .send(Packet::Publish(Box::new(publish(
+            "q/2",
+            QoS::AtMostOnce,
+            None,
+            b"y",
+        ))))
+        .await;
+    let p = next_publish(&mut sub).await;
+    assert_eq!((p.qos, &p.payload[..]), (QoS::AtMostOnce, &b"y"[..]));
+}
+
+#[tokio::test]
+async fn v5_and_v311_clients_exchange_messages() {
+    let broker = start_broker();
+    let mut v3 = Client::connected(broker.addr, V311, "v3").await;
+    let mut v5 = Client::connected(broker.addr, V5, "v5").await;
+    subscribe(&mut v3, 1, &[("to/v3", options(QoS::AtLeastOnce))]).await;
+    subscribe(&mut v5, 1, &[("to/v5", options(QoS::ExactlyOnce))]).await;
+    let mut with_props = publish("to/v3", QoS::AtLeastOnce, Some(5), b"hello v3");
+    with_props.properties.user_properties = vec![("k".into(), "v".into())];
+    v5.send(Packet::Publish(Box::new(with_props))).await;
+    v5.expect(Packet::PubAck(ack(5, ReasonCode::Success))).await;
+    let p = next_publish(&mut v3).await;
+    assert_eq!(
+        (&p.payload[..], p.qos),
+        (&b"hello v3"[..], QoS::AtLeastOnce)
+    );
+    assert!(p.properties.is_empty(), "3.1.1 has no properties");
+    v3.send(Packet::PubAck(ack(
+        p.packet_id.unwrap(),
+        ReasonCode::Success,
+    )))
+    .await;
+    v3.send(Packet::Publish(Box::new(publish(
+        "to/v5",
+        QoS::ExactlyOnce,
+        Some(7),
+        b"hello v5",
+    ))))
+    .await;
+    v3.expect(Packet::PubRec(ack(7, ReasonCode::Success))).await;
+    v3.send(Packet::PubRel(ack(7, ReasonCode::Success))).await;
+    v3.expect(Packet::PubComp(ack(7, ReasonCode::Success)))
+        .await;
+    let p = next_publish(&mut v5).await;
+    assert_eq!(
+        (&p.payload[..], p.qos),
+        (&b"hello v5"[..], QoS::ExactlyOnce)
+    );
+}
+
+#[tokio::test]
+async fn mqtt_4_7_wildcards_and_dollar_topics() {
+    let broker = start_broker();
+    let mut sub = Client::connected(broker.addr, V5, "wild").await;
+    subscribe(
+        &mut sub,
+        1,
+        &[
+            ("sport/+/player1", options(QoS::AtMostOnce)),
+            ("#", options(QoS::AtMostOnce)),
+            ("$SYS/+", options(QoS::AtMostOnce)),
+        ],
+    )
+    .await;
+    let mut publisher = Client::connected(broker.addr, V5, "pub").await;
+    // "$x/y" is matched by no wildcard-first filter [MQTT-4.7.2-1]; "$SYS/+" is not wildcard-first
+    // but the broker refuses client writes to $SYS, so only the last two arrive.
+    for topic in ["$x/y", "$SYS/z", "sport/tennis/player1", "marker"] {
+        publisher
+            .send(Packet::Publish(Box::new(publish(
+                topic,
+                QoS::AtMostOnce,
+                None,
+                b"m",
+            ))))
+            .await;
+    }
+    let p = next_publish(&mut sub).await;
+    assert_eq!(
+        p.topic, "sport/tennis/player1",
+        "one delivery for two matching filters"
+    );
+    assert_eq!(next_publish(&mut sub).await.topic, "marker");
+}
+
+#[tokio::test]
+async fn mqtt_3_3_4_3_overlapping_subscriptions_give_one_delivery_with_every_identifier() {
+    let broker = start_broker();
+    let mut sub = Client::connected(broker.addr, V5, "overlap").await;
+    let with_id = |id| Properties {
+        subscription_identifiers: vec![id],
+        ..Properties::default()
+    };
+    subscribe_with(
+        &mut sub,
+        1,
+        &[("a/+", options(QoS::AtMostOnce))],
+        with_id(11),
+    )
+    .await;
+    subscribe_with(
+        &mut sub,
+        2,
+        &[("a/#", options(QoS::AtLeastOnce))],
+        with_id(22),
+    )
+    .await;
+    let mut publisher = Client::connected(broker.addr, V5, "pub").await;
+    publish_qos1(&mut publisher, "a/b", 1, b"once").await;
+    let p = next_publish(&mut sub).await;
+    assert_eq!(
+        p.qos,
+        QoS::AtLeastOnce,
+        "the highest granted QoS [MQTT-3.3.4-2]"
+    );
+    let mut ids = p.properties.subscription_identifiers.clone();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![11, 22],
+        "[MQTT-3.3.4-3] every matching identifier"
+    );
+    sub.send(Packet::PubAck(ack(
+        p.packet_id.unwrap(),
+        ReasonCode::Success,
+    )))
+    .await;
+    publisher
+        .send(Packet::Publish(Box::new(publish(
+            "marker",
+            QoS::AtMostOnce,
+            None,
+            b"",
+        ))))
+        .await;
+    subscribe(&mut sub, 3, &[("marker", options(QoS::AtMostOnce))]).await;
+    publisher
+        .send(Packet::Publish(Box::new(publish(
+            "marker",
+            QoS::AtMostOnce,
+            None,
+            b"",
+        ))))
+        .await;
+    assert_eq!(
+        next_publish(&mut sub).await.topic,
+        "marker",
+        "no second copy of a/b"
+    );
+}
+
+#[tokio::test]
+async fn mqtt_3_8_4_3_resubscribing_replaces_and_unsubscribe_stops_delivery() {
+    let broker = start_broker();
+    let mut sub = Client::connected(broker.addr, V5, "resub").await;
+    subscribe(&mut sub, 1, &[("t", options(QoS::AtLeastOnce))]).await;
+    subscribe(
+        &mut sub,
+        2,
+        &[
+            ("t", options(QoS::AtMostOnce)),
+            ("end", options(QoS::AtMostOnce)),
+        ],
+    )
+    .await;
+    let mut publisher = Client::connected(broker.addr, V5, "pub").await;
+    publish_qos1(&mut publisher, "t", 1, b"one").await;
+    let p = next_publish(&mut sub).await;
+    assert_eq!(
+        p.qos,
+        QoS::AtMostOnce,
+        "the second SUBSCRIBE replaced the first"
+    );
+    publish_qos1(&mut publisher, "end", 2, b"").await;
+    assert_eq!(
+        next_publish(&mut sub).await.topic,
+        "end",
+        "and did not add a copy"
+    );
+    sub.send(Packet::Unsubscribe(Unsubscribe {
+        packet_id: 3,
+        properties: Properties::default(),
+        filters: vec!["t".into(), "never".into()],
+    }))
+    .await;
+    sub.expect(Packet::UnsubAck(UnsubAck {
+        packet_id: 3,
+        properties: Properties::default(),
+        reasons: vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted],
+    }))
+    .await;
+    publish_qos1(&mut publisher, "t", 4, b"gone").await;
+    publish_qos1(&mut publisher, "end", 5, b"").await;
+    assert_eq!(next_publish(&mut sub).await.topic, "end");
+}
+
+#[tokio::test]
+async fn mqtt_3_8_3_3_no_local_and_3_3_1_12_retain_as_published() {
+    let broker = start_broker();
+    let mut me = Client::connected(broker.addr, V5, "me").await;
+    let no_local = SubscriptionOptions {
+        no_local: true,
+        ..options(QoS::AtMostOnce)
+    };
+    let rap = SubscriptionOptions {
+        retain_as_published: true,
+        ..options(QoS::AtMostOnce)
+    };
+    subscribe(
+        &mut me,
+        1,
+        &[
+            ("mine", no_local),
+            ("rap", rap),
+            ("norap", options(QoS::AtMostOnce)),
+        ],
+    )
+    .await;
+    me.send(Packet::Publish(Box::new(publish(
+        "mine",
+        QoS::AtMostOnce,
+        None,
+        b"echo",
+    ))))
+    .await;
+    let mut retained = publish("rap", QoS::AtMostOnce, None, b"r");
+    retained.retain = true;
+    let mut retained2 = retained.clone();
+    retained2.topic = "norap".into();
+    me.send(Packet::Publish(Box::new(retained))).await;
+    me.send(Packet::Publish(Box::new(retained2))).await;
+    let p = next_publish(&mut me).await;
+    assert_eq!(
+        (p.topic.as_str(), p.retain),
+        ("rap", true),
+        "no echo of 'mine'; RETAIN kept"
+    );
+    let p = next_publish(&mut me).await;
+    assert_eq!(
+        (p.topic.as_str(), p.retain),
+        ("norap", false),
+        "[MQTT-3.3.1-12]"
+    );
+}
+
+#[tokio::test]
+async fn mqtt_3_3_2_17_properties_are_forwarded_unchanged_and_in_order() {
+    let broker = start_broker();
+    let mut sub = Client::connected(broker.addr, V5, "props").await;
+    subscribe(&mut sub, 1, &[("p", options(QoS::AtMostOnce))]).await;
+    let mut publisher = Client::connected(broker.addr, V5, "pub").await;
+    let mut p = publish("p", QoS::AtMostOnce, None, b"{}");
+    p.properties = Properties {
+        payload_format_indicator: Some(1),
+        content_type: Some("application/json".into()),
+        response_topic: Some("replies/1".into()),
+        correlation_data: Some(Bytes::from_static(b"\x00\x01corr")),
+        user_properties: vec![
+            ("b".into(), "2".into()),
+            ("a".into(), "1".into()),
+            ("b".into(), "3".into()),
+        ],
+        ..Properties::default()
+    };
+    let sent = p.properties.clone();
+    publisher.send(Packet::Publish(Box::new(p))).await;
+    let got = next_publish(&mut sub).await;
+    assert_eq!(got.properties, sent);
+}
+
+#[tokio::test]
+async fn mqtt_3_3_2_6_message_expiry_is_reduced_by_the_time_in_the_broker() {
+    let broker = start_broker();
+    let mut sub = Client::connected(broker.addr, V5, "exp").await;
+    subscribe(&mut sub, 1, &[("e", options(QoS::AtMostOnce))]).await;
+    let mut publisher = Client::connected(broker.addr, V5, "pub").await;
+    let mut p = publish("e", QoS::AtMostOnce, None, b"x");
+    p.properties.message_expiry_interval = Some(30);
+    publisher.send(Packet::Publish(Box::new(p))).await;
+    let got = next_publish(&mut sub).await;
+    let left = got
+        .properties
+        .message_expiry_interval
+        .expect("expiry forwarded");
+    assert!((29..=30).contains(&left), "{left}");
+}
+
+#[tokio::test]
+async fn topic_alias_from_the_client_sets_and_uses_aliases() {
+    let broker = start_broker();
+    let mut sub = Client::connected(broker.addr, V5, "sub").await;
+    subscribe(
+        &mut sub,
+        1,
+        &[("long/topic/name", options(QoS::AtMostOnce))],
+    )
+    .await;
+    let mut publisher = Client::connected(broker.addr, V5, "pub").await;
+    let mut first = publish("long/topic/name", QoS::AtMostOnce, None, b"1");
+    first.properties.topic_alias = Some(3);
+    let mut second = publish("", QoS::AtMostOnce, None, b"2");
+    second.properties.topic_alias = Some(3);
+    publisher.send(Packet::Publish(Box::new(first))).await;
+    publisher.send(Packet::Publish(Box::new(second))).await;
+    for payload in [b"1", b"2"] {
+        let p = next_publish(&mut sub).await;
+        assert_eq!(
+            (p.topic.as_str(), &p.payload[..]),
+            ("long/topic/name", &payload[..])
+        );
+        assert_eq!(
+            p.properties.topic_alias, None,
+            "this subscriber allows no aliases"
+        );
+    }
+}
+
+#[tokio::test]
+async fn topic_alias_towards_a_client_that_allows_them() {
+    let broker = start_broker();
+    let Packet::Connect(mut c) = connect(V5, "aliased") else {
+        unreachable!()
+    };
+    c.properties.topic_alias_maximum = Some(1);
+    let mut sub = Client::open(broker.addr, V5).await;
+    sub.send(Packet::Connect(c)).await;
+    assert!(matches!(sub.recv().await, Some(Ok(Packet::ConnAck(_)))));
+    subscribe(
+        &mut sub,
+        1,
+        &[
+            ("a", options(QoS::AtMostOnce)),
+            ("b", options(QoS::AtMostOnce)),
+        ],
+    )
+    .await;
+    let mut publisher = Client::connected(broker.addr, V5, "pub").await;
+    for topic in ["a", "a", "b"] {
+        publisher
+            .send(Packet::Publish(Box::new(publish(
+                topic,
+                QoS::AtMostOnce,
+                None,
+                b"x",
+            ))))
+            .await;
+    }
+    let p = next_publish(&mut sub).await;
+    assert_eq!(
+        (p.topic.as_str(), p.properties.topic_alias),
+        ("a", Some(1)),
+        "alias set"
+    );
+    let p = next_publish(&mut sub).await;
+    assert_eq!(
+        (p.topic.as_str(), p.properties.topic_alias),
+        ("", Some(1)),
+        "alias used"
+    );
+    let p = next_publish(&mut sub).await;
+    assert_eq!(
+        (p.topic.as_str(), p.properties.topic_alias),
+        ("b", None),
+        "maximum reached"
+    );
+}
+
+#[tokio::test]
+async fn mqtt_3_1_2_25_messages_over_the_clients_maximum_packet_size_are_dropped_for_it() {
+    let broker = start_broker();
+    let Packet::Connect(mut c) = connect(V5, "small") else {
+        unreachable!()
+    };
+    c.properties.maximum_packet_size = Some(64);
+    let mut small = Client::open(broker.addr, V5).await;
+    small.send(Packet::Connect(c)).await;
+    assert!(matches!(small.recv().await, Some(Ok(Packet::ConnAck(_)))));
+    subscribe(&mut small, 1, &[("big", options(QoS::AtLeastOnce))]).await;
+    let mut large = Client::connected(broker.addr, V5, "large").await;
+    subscribe(&mut large, 1, &[("big", options(QoS::AtMostOnce))]).await;
+    let mut publisher = Client::connected(broker.addr, V5, "pub").await;
+    publish_qos1(&mut publisher, "big", 1, &[b'x'; 100]).await;
+    publish_qos1(&mut publisher, "big", 2, b"small").await;
+    assert_eq!(
+        next_publish(&mut large).await.payload.len(),
+        100,
+        "others still get it"
+    );
+    let p = next_publish(&mut small).await;
+    assert_eq!(&p.payload[..], b"small", "the large one was skipped");
+    assert_eq!(broker.counters.dropped_too_large.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn mqtt_3_3_4_9_never_more_unacknowledged_than_the_clients_receive_maximum() {
+    let broker = start_broker();
+    let Packet::Connect(mut c) = connect(V5, "slow") else {
+        unreachable!()
+    };
+    c.properties.receive_maximum = Some(2);
+    let mut sub = Client::open(broker.addr, V5).await;
+    sub.send(Packet::Connect(c)).await;
+    assert!(matches!(sub.recv().await, Some(Ok(Packet::ConnAck(_)))));
+    subscribe(&mut sub, 1, &[("flow", options(QoS::AtLeastOnce))]).await;
+    let mut publisher = Client::connected(broker.addr, V5, "pub").await;
+    for id in 1..=5 {
+        publish_qos1(&mut publisher, "flow", id, b"m").await;
+    }
+    let first = next_publish(&mut sub).await;
+    let second = next_publish(&mut sub).await;
+    // A third PUBLISH must wait for an acknowledgement; a PINGREQ is still answered.
+    sub.send(Packet::PingReq).await;
+    sub.expect(Packet::PingResp).await;
+    sub.send(Packet::PubAck(ack(
+        first.packet_id.unwrap(),
+        ReasonCode::Success,
+    )))
+    .await;
+    let third = next_publish(&mut sub).await;
+    sub.send(Packet::PubAck(ack(
+        second.packet_id.unwrap(),
+        ReasonCode::Success,
+    )))
+    .await;
+    sub.send(Packet::PubAck(ack(
+        third.packet_id.unwrap(),
+        ReasonCode::Success,
+    )))
+    .await;
+    for _ in 0..2 {
+        let p = next_publish(&mut sub).await;
+        sub.send(Packet::PubAck(ack(
+            p.packet_id.unwrap(),
+            ReasonCode::Success,
+        )))
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_subscriber_queue_drops_new_messages_and_counts_them() {
+    let broker = start_broker_with(|c| c.limits.max_queued_messages = 5);
+    let Packet::Connect(mut c) = connect(V5, "stuck") else {
+        unreachable!()
+    };
+    c.properties.receive_maximum = Some(1);
+    let mut sub = Client::open(broker.addr, V5).await;
+    sub.send(Packet::Connect(c)).await;
+    assert!(matches!(sub.recv().await, Some(Ok(Packet::ConnAck(_)))));
+    subscribe(&mut sub, 1, &[("q", options(QoS::AtLeastOnce))]).await;
+    let mut publisher = Client::connected(broker.addr, V5, "pub").await;
+    for id in 1..=40 {
+        publish_qos1(&mut publisher, "q", id, b"m").await;
+    }
+    // One message in flight, at most one pump batch pending, five queued: the rest dropped.
+    let dropped = broker.counters.dropped_queue_full.load(Ordering::Relaxed);
+    assert!(dropped >= 40 - 1 - 16 - 5, "dropped {dropped}");
+    // The subscriber is not harmed: it gets what was kept, in order.
+    let mut received = 0;
+    let mut last = Vec::new();
+    while received < 40 - dropped {
+        let p = next_publish(&mut sub).await;
+        sub.send(Packet::PubAck(ack(
+            p.packet_id.unwrap(),
+            ReasonCode::Success,
+        )))
+        .await;
+        last = p.payload.to_vec();
+        received += 1;
+    }
+    assert_eq!(last, b"m");
+}
+
+#[tokio::test]
+async fn mqtt_4_3_3_10_a_resent_qos2_publish_is_delivered_once() {
+    let broker = start_broker();
+    let mut sub = Client::connected(broker.addr, V5, "once").await;
+    subscribe(&mut sub, 1, &[("x", options(QoS::AtMostOnce))]).await;
+    let mut publisher = Client::connected(broker.addr, V5, "pub").await;
+    let first = publish("x", QoS::ExactlyOnce, Some(9), b"1");
+    let mut again = first.clone();
+    again.dup = true;
+    publisher.send(Packet::Publish(Box::new(first))).await;
+    publisher
+        .expect(Packet::PubRec(ack(9, ReasonCode::Success)))
+        .await;
+    publisher.send(Packet::Publish(Box::new(again))).await;
+    publisher
+        .expect(Packet::PubRec(ack(9, ReasonCode::Success)))
+        .await;
+    publisher
+        .send(Packet::PubRel(ack(9, ReasonCode::Success)))
+        .await;
+    publisher
+        .expect(Packet::PubComp(ack(9, ReasonCode::Success)))
+        .await;
+    // [MQTT-4.3.3-11]: PUBREL for an id no longer known gets 0x92.
+    publisher
+        .send(Packet::PubRel(ack(9, ReasonCode::Success)))
+        .await;
+    publisher
+        .expect(Packet::PubComp(ack(
+            9,
+            ReasonCode::PacketIdentifierNotFound,
+        )))
+        .await;
+    publisher
+        .send(Packet::Publish(Box::new(publish(
+            "x",
+            QoS::AtMostOnce,
+            None,
+            b"end",
+        ))))
+        .await;
+    let p = next_publish(&mut sub).await;
+    assert_eq!(
+        (&p.payload[..], p.dup),
+        (&b"1"[..], false),
+        "[MQTT-3.3.1-3] DUP not forwarded"
+    );
+    assert_eq!(
+        &next_publish(&mut sub).await.payload[..],
+        b"end",
+        "delivered once"
+    );
+}
+
+#[tokio::test]
+async fn more_qos2_awaiting_pubrel_than_receive_maximum_gets_0x93() {
+    let broker = start_broker_with(|c| c.limits.receive_maximum = 2);
+    let mut client = Client::connected(broker.addr, V5, "flood").await;
+    for id in 1..=2 {
+        client
+            .send(Packet::Publish(Box::new(publish(
+                "f",
+                QoS::ExactlyOnce,
+                Some(id),
+                b"",
+            ))))
+            .await;
+        client
+            .expect(Packet::PubRec(ack(id, ReasonCode::Success)))
+            .await;
+    }
+    client
+        .send(Packet::Publish(Box::new(publish(
+            "f",
+            QoS::ExactlyOnce,
+            Some(3),
+            b"",
+        ))))
+        .await;
+    client
+        .expect(Packet::Disconnect(Disconnect {
+            reason: ReasonCode::ReceiveMaximumExceeded,
+            properties: Properties::default(),
+        }))
+        .await;
+    client.expect_closed().await;
+}
+
+#[tokio::test]
+async fn subscribe_reason_codes_per_filter_in_order() {
+    let broker = start_broker();
+    let mut client = Client::connected(broker.addr, V5, "codes").await;
+    let filters = ["a/b", "a/#/b", "$share/g/a", "sport+"];
+    client
+        .send(Packet::Subscribe(Subscribe {
+            packet_id: 5,
+            properties: Properties::default(),
+            filters: filters
+                .iter()
+                .map(|f| (f.to_string(), options(QoS::AtLeastOnce)))
+                .collect(),
+        }))
+        .await;
+    client
+        .expect(Packet::SubAck(SubAck {
+            packet_id: 5,
+            properties: Properties::default(),
+            reasons: vec![
+                ReasonCode::GrantedQoS1,
+                ReasonCode::TopicFilterInvalid,
+                ReasonCode::GrantedQoS1,
+                ReasonCode::TopicFilterInvalid,
+            ],
+        }))
+        .await;
+}
+
+#[tokio::test]
+async fn mqtt_3_8_3_4_no_local_on_a_shared_subscription_is_a_protocol_error() {
+    let broker = start_broker();
+    let mut client = Client::connected(broker.addr, V5, "nl").await;
+    let no_local = SubscriptionOptions {
+        no_local: true,
+        ..options(QoS::AtMostOnce)
+    };
+    client
+        .send(Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: vec![("$share/g/t".into(), no_local)],
+        }))
+        .await;
+    client
+        .expect(Packet::Disconnect(Disconnect {
+            reason: ReasonCode::ProtocolError,
+            properties: Properties::default(),
+        }))
+        .await;
+}
+
+#[tokio::test]
+async fn shared_subscriptions_send_each_message_to_one_member_in_turn() {
+    let broker = start_broker();
+    let mut a = Client::connected(broker.addr, V5, "member-a").await;
+    let mut b = Client::connected(broker.addr, V5, "member-b").await;
+    subscribe(
+        &mut a,
+        1,
+        &[("$share/workers/jobs", options(QoS::AtLeastOnce))],
+    )
+    .await;
+    subscribe(
+        &mut b,
+        1,
+        &[("$share/workers/jobs", options(QoS::AtLeastOnce))],
+    )
+    .await;
+    let mut publisher = Client::connected(broker.addr, V5, "pub").await;
+    let payloads: [&'static [u8]; 4] = [b"1", b"2", b"3", b"4"];
+    for (i, payload) in payloads.iter().enumerate() {
+        publish_qos1(&mut publisher, "jobs", i as u16 + 1, payload).await;
+    }
+    let mut got = Vec::new();
+    for client in [&mut a, &mut b] {
+        for _ in 0..2 {
+            let p = next_publish(client).await;
+            client
+                .send(Packet::PubAck(ack(
+                    p.packet_id.unwrap(),
+                    ReasonCode::Success,
+                )))
+                .await;
+            got.push(p.payload.to_vec());
+        }
+    }
+    got.sort();
+    assert_eq!(got, payloads.iter().map(|p| p.to_vec()).collect::<Vec<_>>());
+}
+
+/// A burst through several subscribers at QoS 1 and 2 arrives complete, in order, without
+/// duplicates [MQTT-4.6.0-5].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_4_6_0_5_a_burst_arrives_complete_in_order_without_duplicates() {
+    const N: u32 = 500;
+    let broker = start_broker();
+    let mut readers = Vec::new();
+    for (i, qos) in [QoS::AtLeastOnce, QoS::ExactlyOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        let mut sub = Client::connected(
+            broker.addr,
+            if i == 0 { V311 } else { V5 },
+            &format!("burst-{i}"),
+        )
+        .await;
+        subscribe(&mut sub, 1, &[("burst/#", options(qos))]).await;
+        readers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while seen.len() < N as usize {
+                // The broker may send the next PUBLISH before the PUBREL of the last one.
+                match sub.recv().await {
+                    Some(Ok(Packet::Publish(p))) => {
+                        assert_eq!(p.qos, qos);
+                        let id = p.packet_id.unwrap();
+                        let reply = ack(id, ReasonCode::Success);
+                        sub.send(if qos == QoS::AtLeastOnce {
+                            Packet::PubAck(reply)
+                        } else {
+                            Packet::PubRec(reply)
+                        })
+                        .await;
+                        seen.push(u32::from_be_bytes(p.payload[..4].try_into().unwrap()));
+                    }
+                    Some(Ok(Packet::PubRel(rel))) => {
+                        sub.send(Packet::PubComp(ack(rel.packet_id, ReasonCode::Success)))
+                            .await;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            seen
+        }));
+    }
+    let mut publisher = Client::connected(broker.addr, V5, "burster").await;
+    // Each QoS 2 exchange completes before the next message, so the order is the publisher's.
+    for seq in 0..N {
+        let id = (seq % 60_000) as u16 + 1;
+        let mut p = publish("burst/seq", QoS::ExactlyOnce, Some(id), b"");
+        p.payload = Bytes::copy_from_slice(&seq.to_be_bytes());
+        publisher.send(Packet::Publish(Box::new(p))).await;
+        publisher
+            .expect(Packet::PubRec(ack(id, ReasonCode::Success)))
+            .await;
+        publisher
+            .send(Packet::PubRel(ack(id, ReasonCode::Success)))
+            .await;
+        publisher
+            .expect(Packet::PubComp(ack(id, ReasonCode::Success)))
+            .await;
+    }
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), (0..N).collect::<Vec<_>>());
+    }
+}
