@@ -615,6 +615,9 @@ async fn a_full_subscriber_queue_drops_new_messages_and_counts_them() {
     for id in 1..=40 {
         publish_qos1(&mut publisher, "q", id, b"m").await;
     }
+    // The Registry handles a session's messages in order: once this SUBSCRIBE is answered,
+    // every PUBLISH before it has been routed and the counter is final.
+    subscribe(&mut publisher, 99, &[("sync", options(QoS::AtMostOnce))]).await;
     // One message in flight, at most one pump batch pending, five queued: the rest dropped.
     let dropped = broker.counters.dropped_queue_full.load(Ordering::Relaxed);
     assert!(dropped >= 40 - 1 - 16 - 5, "dropped {dropped}");
