@@ -305,7 +305,7 @@ impl Session {
             Packet::Publish(publish) => self.on_publish(*publish, ctx),
             Packet::PubRel(ack) => self.on_pubrel(ack),
             Packet::PubAck(ack) => self.on_puback(ack, ctx),
-            Packet::PubRec(ack) => self.on_pubrec(ack),
+            Packet::PubRec(ack) => self.on_pubrec(ack, ctx),
             Packet::PubComp(ack) => self.on_pubcomp(ack, ctx),
             Packet::Subscribe(subscribe) => self.on_subscribe(subscribe, ctx),
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe, ctx),

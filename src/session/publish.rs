@@ -186,13 +186,19 @@ impl Session {
     }
 
     /// PUBREC moves an outbound QoS 2 exchange on to PUBREL, unless it reports a failure.
-    pub(super) fn on_pubrec(&mut self, ack: Ack) -> Result<(), SessionError> {
+    pub(super) fn on_pubrec(
+        &mut self,
+        ack: Ack,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), SessionError> {
         let Some(client) = self.client.as_mut() else {
             return Ok(());
         };
         match client.inflight.get(&ack.packet_id) {
             Some(Outbound::Qos2Sent) if ack.reason.is_failure() => {
+                // A PUBREC with a failure code ends the exchange (§4.3.3) and frees its slot.
                 client.inflight.remove(&ack.packet_id);
+                self.release(ctx);
             }
             Some(Outbound::Qos2Sent | Outbound::Released) => {
                 client.inflight.insert(ack.packet_id, Outbound::Released);
