@@ -12,28 +12,39 @@
 //!   handles them in one dispatch `match`, writes replies through a `FramedWrite`, runs the
 //!   connect and keep-alive timers. All errors go through one function that picks the
 //!   CONNACK/DISCONNECT reason code.
-//! - [`registry::Registry`] (actor, one per broker): the active clients by client identifier;
-//!   decides take-overs.
+//! - [`registry::Registry`] (actor, one per broker): the active clients by client identifier
+//!   (take-over), every subscription (a topic trie), the retained messages, and routing: it
+//!   puts each matching delivery into the subscriber's bounded delivery queue with `try_send`.
 //! - [`db::DbActor`] (actor on a `SyncArbiter`, one SQLite connection per thread): users and
-//!   passwords, the client connect/disconnect record. The only place that blocks.
+//!   passwords, ACL rules, retained messages, the client connect/disconnect record. The only
+//!   place that blocks.
 //!
 //! # Messages
 //!
 //! All of them are in [`messages`], grouped by recipient:
 //!
-//! - Session -> DbActor: `Authenticate` (CONNECT with a username), `RecordConnect` (before
-//!   CONNACK), `RecordDisconnect` (when the connection ends).
+//! - Session -> DbActor: `Authenticate` and `LoadAcl` (CONNECT), `RecordConnect` (before
+//!   CONNACK), `StoreRetained` (a RETAIN publish, before its PUBACK), `RecordDisconnect`.
 //! - Session -> Registry: `Register` (after authentication; may close an older connection with
-//!   the same id), `Unregister` (when the connection ends).
-//! - Registry -> Session: `Close` (DISCONNECT 0x8E on take-over, 0x8B on shutdown).
+//!   the same id), `Subscribe`, `Unsubscribe`, `Publish`, `Unregister`.
+//! - Registry -> Session: `Close` (DISCONNECT 0x8E on take-over, 0x8B on shutdown), and
+//!   [`message::Delivery`] items through the session's bounded `tokio::sync::mpsc` queue.
 //! - Broker -> Listener: `StopAccepting`; Broker -> Registry: `Shutdown`; Broker -> DbActor:
-//!   `CloseOpenConnections`, `Checkpoint`.
+//!   `LoadRetained`, `CloseOpenConnections`, `Checkpoint`.
 //!
 //! # Life of a connection
 //!
 //! accept (Listener) -> Session started on an Arbiter -> CONNECT decoded -> validated ->
-//! `Authenticate` -> `Register` -> `RecordConnect` -> CONNACK -> packets ... -> DISCONNECT,
-//! keep-alive timeout, take-over or shutdown -> `Unregister` + `RecordDisconnect`.
+//! `Authenticate` -> `LoadAcl` -> `Register` -> `RecordConnect` -> CONNACK -> packets ... ->
+//! DISCONNECT, keep-alive timeout, take-over or shutdown -> Will -> `Unregister` +
+//! `RecordDisconnect`.
+//!
+//! # Life of a message
+//!
+//! PUBLISH decoded by the publisher's Session -> checked (topic, alias, ACL) -> [`message::AppMessage`]
+//! (`Arc`, payload shared as `Bytes`) -> `StoreRetained` if RETAIN -> `Publish` to the Registry
+//! -> PUBACK/PUBREC -> the Registry matches the trie and queues one `Delivery` per subscriber
+//! -> each subscriber's Session writes it within that client's Receive Maximum.
 
 pub mod acl;
 pub mod broker;

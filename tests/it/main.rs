@@ -1,6 +1,7 @@
 //! One integration-test binary (faster to link than one per file). Every test starts a real
 //! broker on an ephemeral port with its own SQLite file and talks MQTT to it over TCP.
 
+mod acl;
 mod cli;
 mod common;
 mod connect;
@@ -8,3 +9,5 @@ mod interop;
 mod lifecycle;
 mod malformed;
 mod pubsub;
+mod retained;
+mod will;
