@@ -366,7 +366,11 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.publish_will();
+        if let Some(will) = self.take_will() {
+            // The actor is gone; the publication finishes on this Arbiter by itself. One per
+            // connection end, so these tasks are bounded by the connections.
+            actix::spawn(self.will_publication(will));
+        }
         let Some(client) = &self.client else { return };
         info!(
             "client {:?} ({}): disconnected: {}",
@@ -436,9 +440,15 @@ impl Handler<Close> for Session {
             other => format!("closed by server ({:#04x})", other as u8),
         };
         self.close(ctx);
+        // On take-over the Will of the old connection is published before the new connection
+        // is accepted [MQTT-3.1.4-3], so the Will cannot overtake what the new one publishes.
+        let will = self.take_will().map(|w| self.will_publication(w));
         let record = self.take_disconnect_record();
         let db = self.shared.db.clone();
         Box::pin(async move {
+            if let Some(will) = will {
+                will.await;
+            }
             if let Some(record) = record {
                 let _ = db.send(record).await;
             }

@@ -241,23 +241,20 @@ impl Session {
         }
     }
 
-    /// The Will, when the connection ends without DISCONNECT 0x00 (§3.1.2.5). Sessions end with
-    /// their connection for now, so it is published at once, whatever the Will Delay.
-    pub(super) fn publish_will(&mut self) {
-        let Some(client) = self.client.as_mut().filter(|c| c.accepted) else {
-            return;
-        };
-        let Some(will) = client.will.take() else {
-            return;
-        };
+    /// The Will to publish now that the connection ends without DISCONNECT 0x00 (§3.1.2.5),
+    /// if the client may publish it. Sessions end with their connection for now, so it is due
+    /// at once, whatever the Will Delay. `None` once taken.
+    pub(super) fn take_will(&mut self) -> Option<Arc<AppMessage>> {
+        let client = self.client.as_mut().filter(|c| c.accepted)?;
+        let will = client.will.take()?;
         if will.topic.starts_with("$SYS") || !client.acl.allows(AclAction::Publish, &will.topic) {
             debug!(
                 "{:?}: Will to {:?} not authorised",
                 client.client_id, will.topic
             );
-            return;
+            return None;
         }
-        let message = Arc::new(AppMessage {
+        Some(Arc::new(AppMessage {
             topic: will.topic.into(),
             payload: will.payload,
             qos: will.qos,
@@ -268,14 +265,33 @@ impl Session {
                 .map(|s| unix_millis() + i64::from(s) * 1000),
             properties: forwarded_properties(will.properties),
             publisher: client.client_id.clone(),
-        });
-        // One of each per connection end, so these `do_send`s are bounded by connections.
-        if message.retain {
-            self.shared.db.do_send(StoreRetained {
-                message: message.clone(),
-            });
+        }))
+    }
+
+    /// Publishes a Will like any retained-or-not PUBLISH: a retained Will is committed before
+    /// the Registry sees it, so the database and memory agree on the order of retained
+    /// updates.
+    pub(super) fn will_publication(
+        &self,
+        will: Arc<AppMessage>,
+    ) -> impl Future<Output = ()> + 'static {
+        let db = self.shared.db.clone();
+        let registry = self.shared.registry.clone();
+        async move {
+            if will.retain {
+                match db
+                    .send(StoreRetained {
+                        message: will.clone(),
+                    })
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!("storing a retained Will failed: {e}"),
+                    Err(e) => warn!("database actor unavailable: {e}"),
+                }
+            }
+            let _ = registry.send(RoutePublish { message: will }).await;
         }
-        self.shared.registry.do_send(RoutePublish { message });
     }
 }
 
