@@ -434,3 +434,106 @@ fn mosquitto_sub_v5_and_v311_receive_retained_and_live_messages_from_mosquitto_p
         publish("0", true, "");
     }
 }
+
+/// The foundation's acceptance path with Mosquitto's own client: `mosquitto_sub` logs in with a
+/// password (v5 and 3.1.1), stays connected across keep-alive pings, and a second connection
+/// with its client id takes it over: it sees DISCONNECT 0x8E (v5) or a closed connection.
+#[test]
+fn mosquitto_sub_with_password_pings_and_is_taken_over() {
+    use std::io::{BufRead, BufReader};
+    if !mosquitto_pub_available() {
+        return;
+    }
+    let broker = start_broker_with(|c| c.allow_anonymous = Some(false));
+    mqttd::db::users::add_user(&broker.db_path.to_string_lossy(), "alice", "wonderland").unwrap();
+    let port = broker.addr.port().to_string();
+    for version in ["mqttv5", "mqttv311"] {
+        let wrong = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                version,
+                "-t",
+                "t",
+                "-C",
+                "1",
+            ])
+            .args(["-u", "alice", "-P", "nope", "-i", "sub-wrong", "-W", "5"])
+            .output()
+            .unwrap();
+        assert!(
+            !wrong.status.success(),
+            "{version}: a wrong password is refused"
+        );
+        // -k 5 is mosquitto_sub's smallest keep-alive: the first ping comes after 5 s.
+        // stdbuf: piped, mosquitto_sub's stdout would be block-buffered and arrive at exit.
+        let mut sub = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                version,
+                "-t",
+                "t",
+                "-k",
+                "5",
+                "-d",
+            ])
+            .args([
+                "-u",
+                "alice",
+                "-P",
+                "wonderland",
+                "-i",
+                "sub-same",
+                "-W",
+                "30",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(sub.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok);
+        assert!(
+            lines.any(|l| l.contains("received CONNACK (0)")),
+            "{version}: CONNACK 0"
+        );
+        assert!(
+            lines.any(|l| l.contains("received PINGRESP")),
+            "{version}: pings answered"
+        );
+        let new = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                version,
+                "-t",
+                "t",
+                "-m",
+                "x",
+            ])
+            .args(["-u", "alice", "-P", "wonderland", "-i", "sub-same"])
+            .status()
+            .unwrap();
+        assert!(new.success());
+        // v5: the old connection is told why; 3.1.1: it is closed, and mosquitto_sub reconnects.
+        let taken_over = if version == "mqttv5" {
+            lines.any(|l| l.contains("DISCONNECT (142)"))
+        } else {
+            lines.any(|l| l.contains("sending CONNECT"))
+        };
+        assert!(taken_over, "{version}: the first connection was taken over");
+        let _ = sub.kill();
+        let _ = sub.wait();
+    }
+}
