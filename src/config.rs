@@ -75,6 +75,8 @@ pub struct Limits {
     pub max_queued_messages: usize,
     /// Topic Alias Maximum announced in CONNACK: aliases a client may use towards the broker.
     pub topic_alias_maximum: u16,
+    /// Seconds a write to a client may wait for it to read before the connection is closed.
+    pub send_timeout: u64,
 }
 
 impl Default for Config {
@@ -103,6 +105,7 @@ impl Default for Limits {
             max_client_id_len: 65_535,
             max_queued_messages: 1000,
             topic_alias_maximum: 10,
+            send_timeout: 30,
         }
     }
 }
@@ -163,6 +166,9 @@ impl Config {
                 "must be at least 23 [MQTT-3.1.3-5]",
             );
         }
+        if l.send_timeout == 0 {
+            return invalid("limits.send_timeout", "must be at least 1 second");
+        }
         if l.max_queued_messages == 0 {
             return invalid("limits.max_queued_messages", "must be at least 1");
         }
@@ -201,6 +207,10 @@ impl Config {
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.limits.connect_timeout)
+    }
+
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.send_timeout)
     }
 }
 

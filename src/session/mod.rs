@@ -10,6 +10,7 @@ mod deliver;
 mod error;
 mod keepalive;
 mod publish;
+mod send_timeout;
 mod subscribe;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -26,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 pub use error::SessionError;
+use send_timeout::SendTimeout;
 
 use crate::acl::Acl;
 use crate::broker::Shared;
@@ -166,6 +168,7 @@ impl Session {
             match tokio::net::TcpStream::from_std(stream) {
                 Ok(s) => {
                     let (r, w) = s.into_split();
+                    let w = SendTimeout::new(w, shared.config.send_timeout());
                     (Some(Box::new(r)), Some(Box::new(w)))
                 }
                 Err(e) => {

@@ -220,3 +220,49 @@ async fn wait_for_disconnect_record(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
+    use mqttd::mqtt::{Publish, QoS, Subscribe, SubscriptionOptions};
+    let broker = start_broker_with(|c| c.limits.send_timeout = 1);
+    // A subscriber with a small receive buffer that never reads after SUBACK.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(broker.addr).await.unwrap();
+    let mut stuck = Client {
+        framed: tokio_util::codec::Framed::new(
+            stream,
+            mqttd::mqtt::MqttCodec::new(V5, 268_435_460),
+        ),
+    };
+    stuck.send(connect(V5, "stuck")).await;
+    assert!(matches!(stuck.recv().await, Some(Ok(Packet::ConnAck(_)))));
+    stuck
+        .send(Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: vec![("flood".into(), SubscriptionOptions::default())],
+        }))
+        .await;
+    assert!(matches!(stuck.recv().await, Some(Ok(Packet::SubAck(_)))));
+    let mut publisher = Client::connected(broker.addr, V5, "flooder").await;
+    let payload = bytes::Bytes::from(vec![0u8; 64 * 1024]);
+    for _ in 0..200 {
+        publisher
+            .send(Packet::Publish(Box::new(Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: "flood".into(),
+                packet_id: None,
+                properties: Properties::default(),
+                payload: payload.clone(),
+            })))
+            .await;
+    }
+    let record = wait_for_disconnect_record(&broker, "stuck").await;
+    assert!(record.disconnect_reason.unwrap().contains("read nothing"));
+    // The publisher was not held back.
+    publisher.send(Packet::PingReq).await;
+    publisher.expect(Packet::PingResp).await;
+}
