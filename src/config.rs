@@ -77,6 +77,17 @@ pub struct Limits {
     pub topic_alias_maximum: u16,
     /// Seconds a write to a client may wait for it to read before the connection is closed.
     pub send_timeout: u64,
+    /// Subscriptions one client may hold; further filters get SUBACK 0x97 (Quota exceeded).
+    pub max_subscriptions_per_client: usize,
+    /// Longest topic name or filter accepted, in bytes.
+    pub max_topic_length: usize,
+    /// Most levels (`/`-separated parts) in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// Most User Properties in one packet; more ends the connection with 0x95.
+    pub max_user_properties: usize,
+    /// Unacknowledged QoS 1/2 messages the broker sends one client, below the client's own
+    /// Receive Maximum.
+    pub max_inflight_messages: u16,
 }
 
 impl Default for Config {
@@ -106,6 +117,11 @@ impl Default for Limits {
             max_queued_messages: 1000,
             topic_alias_maximum: 10,
             send_timeout: 30,
+            max_subscriptions_per_client: 10_000,
+            max_topic_length: 65_535,
+            max_topic_levels: 128,
+            max_user_properties: 128,
+            max_inflight_messages: 100,
         }
     }
 }
@@ -169,6 +185,12 @@ impl Config {
         if l.send_timeout == 0 {
             return invalid("limits.send_timeout", "must be at least 1 second");
         }
+        if l.max_inflight_messages == 0 {
+            return invalid("limits.max_inflight_messages", "must be at least 1");
+        }
+        if l.max_topic_levels == 0 {
+            return invalid("limits.max_topic_levels", "must be at least 1");
+        }
         if l.max_queued_messages == 0 {
             return invalid("limits.max_queued_messages", "must be at least 1");
         }
@@ -211,6 +233,13 @@ impl Config {
 
     pub fn send_timeout(&self) -> Duration {
         Duration::from_secs(self.limits.send_timeout)
+    }
+
+    /// Whether a topic name or filter is longer, or has more levels, than the limits allow.
+    /// Counting is linear and needs no recursion, whatever the input.
+    pub fn topic_over_limits(&self, topic: &str) -> bool {
+        topic.len() > self.limits.max_topic_length
+            || topic.bytes().filter(|&b| b == b'/').count() >= self.limits.max_topic_levels
     }
 }
 

@@ -43,14 +43,25 @@ pub struct Register {
     pub deliveries: mpsc::Sender<Delivery>,
 }
 
-/// Session -> Registry: add or replace subscriptions (already validated and authorised).
-/// Retained messages are queued for the session per each filter's Retain Handling before the
-/// reply. Reply: for each filter, whether the client already had it.
+/// Session -> Registry: add or replace subscriptions (already validated and authorised), up to
+/// `max_subscriptions` per client. Retained messages are queued for the session per each
+/// filter's Retain Handling before the reply. Reply: one outcome per filter, in order.
 #[derive(Message, Debug)]
-#[rtype(result = "Vec<bool>")]
+#[rtype(result = "Vec<SubscribeOutcome>")]
 pub struct Subscribe {
     pub client_id: Arc<str>,
     pub filters: Vec<(String, Subscription)>,
+    pub max_subscriptions: usize,
+}
+
+/// What became of one filter of a `Subscribe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeOutcome {
+    Added,
+    /// The client had this filter; its options were replaced [MQTT-3.8.4-3].
+    Replaced,
+    /// The client already holds `max_subscriptions` (SUBACK 0x97).
+    QuotaExceeded,
 }
 
 /// Session -> Registry: remove subscriptions. Reply: for each filter, whether it existed.

@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::unix_millis;
 use crate::message::{AppMessage, Delivery};
 use crate::messages::{
-    ActiveClients, Close, Publish, Register, Shutdown, Subscribe, Unregister, Unsubscribe,
+    ActiveClients, Close, Publish, Register, Shutdown, Subscribe, SubscribeOutcome, Unregister,
+    Unsubscribe,
 };
 use crate::mqtt::{QoS, ReasonCode, RetainHandling, topic};
 use crate::stats::Counters;
@@ -190,7 +191,7 @@ impl Handler<Subscribe> for Registry {
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
         let now = unix_millis();
-        let mut existed = Vec::with_capacity(msg.filters.len());
+        let mut outcomes = Vec::with_capacity(msg.filters.len());
         let mut retained = Vec::new();
         for (filter, subscription) in msg.filters {
             let options = subscription.options;
@@ -198,7 +199,17 @@ impl Handler<Subscribe> for Registry {
             let had = self
                 .subscriptions
                 .subscribe(&msg.client_id, &filter, subscription);
-            existed.push(had);
+            // Only a new filter can go over the cap; it is taken back at once.
+            if !had && self.subscriptions.client_count(&msg.client_id) > msg.max_subscriptions {
+                self.subscriptions.unsubscribe(&msg.client_id, &filter);
+                outcomes.push(SubscribeOutcome::QuotaExceeded);
+                continue;
+            }
+            outcomes.push(if had {
+                SubscribeOutcome::Replaced
+            } else {
+                SubscribeOutcome::Added
+            });
             // Retained messages are never sent for shared subscriptions (§4.8.2).
             let send_retained = match options.retain_handling {
                 RetainHandling::SendAtSubscribe => true,
@@ -227,7 +238,7 @@ impl Handler<Subscribe> for Registry {
                 self.offer(&entry.deliveries, delivery);
             }
         }
-        MessageResult(existed)
+        MessageResult(outcomes)
     }
 }
 

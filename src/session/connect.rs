@@ -35,9 +35,19 @@ impl Session {
         let version = connect.protocol;
         self.open_writer(version, ctx);
         self.phase = Phase::Connecting(version);
+        let max = self.shared.config.limits.max_user_properties;
+        let count = super::connect_user_properties(&connect);
+        if count > max {
+            return Err(SessionError::TooManyUserProperties(count, max));
+        }
 
         let (client_id, assigned_client_id) = self.client_id(&connect)?;
         check_will(&connect)?;
+        if let Some(will) = &connect.will
+            && self.shared.config.topic_over_limits(&will.topic)
+        {
+            return Err(SessionError::TopicNameInvalid(will.topic.clone()));
+        }
         if let Some(method) = &connect.properties.authentication_method {
             return Err(SessionError::BadAuthenticationMethod(method.clone()));
         }
@@ -69,7 +79,10 @@ impl Session {
             aliases_in: Default::default(),
             inflight: Default::default(),
             next_packet_id: 1,
-            receive_maximum: p.receive_maximum.unwrap_or(u16::MAX),
+            receive_maximum: p
+                .receive_maximum
+                .unwrap_or(u16::MAX)
+                .min(self.shared.config.limits.max_inflight_messages),
             maximum_packet_size: p.maximum_packet_size,
             topic_alias_maximum: if version.is_v5() {
                 p.topic_alias_maximum.unwrap_or(0)

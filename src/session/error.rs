@@ -44,6 +44,8 @@ pub enum SessionError {
     ReceiveMaximumExceeded(u16),
     #[error("§3.14.2.2.2 DISCONNECT sets a Session Expiry after CONNECT set 0")]
     SessionExpiryAfterZero,
+    #[error("{0} User Properties in one packet, over the limit of {1}")]
+    TooManyUserProperties(usize, usize),
     #[error("[MQTT-3.1.2-22] nothing received for 1.5 x the keep alive of {0}s")]
     KeepAliveTimeout(u16),
 }
@@ -72,6 +74,8 @@ impl SessionError {
             TopicAliasInvalid(_) => ReasonCode::TopicAliasInvalid,
             ReceiveMaximumExceeded(_) => ReasonCode::ReceiveMaximumExceeded,
             KeepAliveTimeout(_) => ReasonCode::KeepAliveTimeout,
+            // bad-inputs.md B36: an oversized property block is treated as a packet too large.
+            TooManyUserProperties(..) => ReasonCode::PacketTooLarge,
         }
     }
 }

@@ -35,8 +35,8 @@ use crate::clock::unix_millis;
 use crate::message::Delivery;
 use crate::messages::{Close, RecordDisconnect, Unregister};
 use crate::mqtt::{
-    ConnAck, DecodeError, Disconnect, EncodeError, MqttCodec, Packet, ProtocolVersion, ReasonCode,
-    Will,
+    ConnAck, Connect, DecodeError, Disconnect, EncodeError, MqttCodec, Packet, ProtocolVersion,
+    ReasonCode, Will,
 };
 
 /// How long a closing connection may take to flush its last packet before it is dropped.
@@ -301,6 +301,16 @@ impl Session {
         }
     }
 
+    /// Bounds the User Properties of one packet (bad-inputs.md B36).
+    fn check_user_properties(&self, packet: &Packet) -> Result<(), SessionError> {
+        let max = self.shared.config.limits.max_user_properties;
+        let count = user_property_count(packet);
+        if count > max {
+            return Err(SessionError::TooManyUserProperties(count, max));
+        }
+        Ok(())
+    }
+
     /// The single dispatch of inbound packets (after CONNECT handling has started).
     fn dispatch(&mut self, packet: Packet, ctx: &mut Context<Self>) -> Result<(), SessionError> {
         match packet {
@@ -351,6 +361,42 @@ impl Session {
     }
 }
 
+/// User Properties of a CONNECT and its Will.
+fn connect_user_properties(connect: &Connect) -> usize {
+    let will = connect
+        .will
+        .as_ref()
+        .map_or(0, |w| w.properties.user_properties.len());
+    connect.properties.user_properties.len() + will
+}
+
+/// User Properties in a packet, Will Properties included.
+fn user_property_count(packet: &Packet) -> usize {
+    let properties = match packet {
+        Packet::Connect(c) => {
+            let will = c
+                .will
+                .as_ref()
+                .map_or(0, |w| w.properties.user_properties.len());
+            return c.properties.user_properties.len() + will;
+        }
+        Packet::Publish(p) => &p.properties,
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            &a.properties
+        }
+        Packet::Subscribe(s) => &s.properties,
+        Packet::Unsubscribe(u) => &u.properties,
+        Packet::Disconnect(d) => &d.properties,
+        Packet::Auth(a) => &a.properties,
+        Packet::ConnAck(_)
+        | Packet::SubAck(_)
+        | Packet::UnsubAck(_)
+        | Packet::PingReq
+        | Packet::PingResp => return 0,
+    };
+    properties.user_properties.len()
+}
+
 impl Actor for Session {
     type Context = Context<Self>;
 
@@ -397,9 +443,13 @@ impl StreamHandler<Result<Packet, DecodeError>> for Session {
             return;
         }
         self.last_packet = Instant::now();
-        let result = item
-            .map_err(SessionError::from)
-            .and_then(|p| self.dispatch(p, ctx));
+        let result = item.map_err(SessionError::from).and_then(|p| {
+            // CONNECT is checked once its version is known, so the refusal is a CONNACK.
+            if !matches!(p, Packet::Connect(_)) {
+                self.check_user_properties(&p)?;
+            }
+            self.dispatch(p, ctx)
+        });
         if let Err(err) = result {
             self.fail(err, ctx);
         }

@@ -46,7 +46,9 @@ impl Session {
                 .cloned()
                 .ok_or(SessionError::UnknownTopicAlias(alias))?,
             (alias, false) => {
-                if topic::validate_topic_name(&publish.topic).is_err() {
+                if topic::validate_topic_name(&publish.topic).is_err()
+                    || self.shared.config.topic_over_limits(&publish.topic)
+                {
                     return Err(SessionError::TopicNameInvalid(publish.topic));
                 }
                 let topic: Arc<str> = publish.topic.into();

@@ -4,7 +4,9 @@ use actix::prelude::*;
 
 use super::{Session, SessionError};
 use crate::acl::AclAction;
-use crate::messages::{Subscribe as AddSubscriptions, Unsubscribe as RemoveSubscriptions};
+use crate::messages::{
+    Subscribe as AddSubscriptions, SubscribeOutcome, Unsubscribe as RemoveSubscriptions,
+};
 use crate::mqtt::{
     Packet, Properties, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, topic,
 };
@@ -26,16 +28,21 @@ impl Session {
             .copied();
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut granted = Vec::new();
+        // Where each granted filter's reason code is, to apply the Registry's outcome.
+        let mut granted_at = Vec::new();
         for (filter, options) in subscribe.filters {
             let shared = topic::split_shared(&filter).is_some();
             if shared && options.no_local {
                 return Err(SessionError::NoLocalOnShared);
             }
-            let reason = if topic::validate_topic_filter(&filter).is_err() {
+            let reason = if topic::validate_topic_filter(&filter).is_err()
+                || self.shared.config.topic_over_limits(&filter)
+            {
                 ReasonCode::TopicFilterInvalid
             } else if !client.acl.allows(AclAction::Subscribe, &filter) {
                 ReasonCode::NotAuthorized
             } else {
+                granted_at.push(reasons.len());
                 granted.push((
                     filter,
                     Subscription {
@@ -61,15 +68,25 @@ impl Session {
         let add = AddSubscriptions {
             client_id: client.client_id.clone(),
             filters: granted,
+            max_subscriptions: self.shared.config.limits.max_subscriptions_per_client,
         };
         self.shared
             .registry
             .send(add)
             .into_actor(self)
             .map(move |result, act, _| {
-                if result.is_err() {
-                    for reason in reasons.iter_mut().filter(|r| !r.is_failure()) {
-                        *reason = ReasonCode::UnspecifiedError;
+                match result {
+                    Ok(outcomes) => {
+                        for (at, outcome) in granted_at.into_iter().zip(outcomes) {
+                            if outcome == SubscribeOutcome::QuotaExceeded {
+                                reasons[at] = ReasonCode::QuotaExceeded;
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        for at in granted_at {
+                            reasons[at] = ReasonCode::UnspecifiedError;
+                        }
                     }
                 }
                 act.send_suback(packet_id, reasons);

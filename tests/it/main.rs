@@ -7,6 +7,7 @@ mod common;
 mod connect;
 mod interop;
 mod lifecycle;
+mod limits;
 mod malformed;
 mod pubsub;
 mod retained;

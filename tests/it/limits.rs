@@ -1,0 +1,173 @@
+//! Configurable limits, each enforced with the spec's reason code (bad-inputs.md, section G).
+
+use bytes::Bytes;
+use mqttd::mqtt::{
+    Ack, ConnAck, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
+    SubAck, Subscribe, SubscriptionOptions,
+};
+
+use crate::common::*;
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+fn publish(topic: &str, qos: QoS, packet_id: Option<u16>) -> Packet {
+    Packet::Publish(Box::new(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id,
+        properties: Properties::default(),
+        payload: Bytes::from_static(b"x"),
+    }))
+}
+
+fn subscribe(packet_id: u16, filters: &[&str], qos: QoS) -> Packet {
+    let options = SubscriptionOptions {
+        qos,
+        ..Default::default()
+    };
+    Packet::Subscribe(Subscribe {
+        packet_id,
+        properties: Properties::default(),
+        filters: filters.iter().map(|f| (f.to_string(), options)).collect(),
+    })
+}
+
+fn suback(packet_id: u16, reasons: Vec<ReasonCode>) -> Packet {
+    Packet::SubAck(SubAck {
+        packet_id,
+        properties: Properties::default(),
+        reasons,
+    })
+}
+
+fn disconnect(reason: ReasonCode) -> Packet {
+    Packet::Disconnect(Disconnect {
+        reason,
+        properties: Properties::default(),
+    })
+}
+
+#[tokio::test]
+async fn g80_subscriptions_over_the_per_client_cap_get_0x97() {
+    let broker = start_broker_with(|c| c.limits.max_subscriptions_per_client = 2);
+    let mut client = Client::connected(broker.addr, V5, "many").await;
+    client
+        .send(subscribe(1, &["a", "b", "c"], QoS::AtMostOnce))
+        .await;
+    let granted = ReasonCode::Success;
+    client
+        .expect(suback(1, vec![granted, granted, ReasonCode::QuotaExceeded]))
+        .await;
+    // Replacing a subscription it holds is not a new one.
+    client
+        .send(subscribe(2, &["a", "d"], QoS::AtLeastOnce))
+        .await;
+    client
+        .expect(suback(
+            2,
+            vec![ReasonCode::GrantedQoS1, ReasonCode::QuotaExceeded],
+        ))
+        .await;
+}
+
+#[tokio::test]
+async fn g61_topics_over_the_level_cap_are_refused_without_recursion() {
+    let broker = start_broker_with(|c| c.limits.max_topic_levels = 3);
+    let mut client = Client::connected(broker.addr, V5, "levels").await;
+    client
+        .send(subscribe(1, &["a/b/c", "a/b/c/d"], QoS::AtMostOnce))
+        .await;
+    client
+        .expect(suback(
+            1,
+            vec![ReasonCode::Success, ReasonCode::TopicFilterInvalid],
+        ))
+        .await;
+    client.send(publish("a/b/c/d", QoS::AtMostOnce, None)).await;
+    client
+        .expect(disconnect(ReasonCode::TopicNameInvalid))
+        .await;
+    client.expect_closed().await;
+
+    // With the default cap, 65,000 levels are refused, not matched recursively.
+    let broker = start_broker();
+    let deep = "/".repeat(65_000);
+    let mut client = Client::connected(broker.addr, V5, "deep").await;
+    client
+        .send(subscribe(1, &[&format!("{deep}#")], QoS::AtMostOnce))
+        .await;
+    client
+        .expect(suback(1, vec![ReasonCode::TopicFilterInvalid]))
+        .await;
+    client.send(publish(&deep, QoS::AtMostOnce, None)).await;
+    client
+        .expect(disconnect(ReasonCode::TopicNameInvalid))
+        .await;
+    assert_canary(broker.addr).await;
+}
+
+#[tokio::test]
+async fn b36_too_many_user_properties_get_0x95() {
+    let broker = start_broker_with(|c| c.limits.max_user_properties = 2);
+    let three: Vec<(String, String)> = (0..3).map(|i| (format!("k{i}"), "v".into())).collect();
+    // In CONNECT: CONNACK 0x95.
+    let Packet::Connect(mut c) = connect(V5, "props") else {
+        unreachable!()
+    };
+    c.properties.user_properties = three.clone();
+    let mut client = Client::open(broker.addr, V5).await;
+    client.send(Packet::Connect(c)).await;
+    client
+        .expect(Packet::ConnAck(ConnAck {
+            reason: ReasonCode::PacketTooLarge,
+            ..Default::default()
+        }))
+        .await;
+    client.expect_closed().await;
+    // In PUBLISH: DISCONNECT 0x95.
+    let mut client = Client::connected(broker.addr, V5, "props").await;
+    let Packet::Publish(mut p) = publish("t", QoS::AtMostOnce, None) else {
+        unreachable!()
+    };
+    p.properties.user_properties = three;
+    client.send(Packet::Publish(p)).await;
+    client.expect(disconnect(ReasonCode::PacketTooLarge)).await;
+    client.expect_closed().await;
+}
+
+#[tokio::test]
+async fn max_inflight_messages_caps_the_outbound_window_below_the_clients_receive_maximum() {
+    let broker = start_broker_with(|c| c.limits.max_inflight_messages = 1);
+    let mut sub = Client::connected(broker.addr, V5, "window").await;
+    sub.send(subscribe(1, &["w"], QoS::AtLeastOnce)).await;
+    sub.expect(suback(1, vec![ReasonCode::GrantedQoS1])).await;
+    let mut publisher = Client::connected(broker.addr, V5, "pub").await;
+    for id in 1..=2 {
+        publisher
+            .send(publish("w", QoS::AtLeastOnce, Some(id)))
+            .await;
+        publisher
+            .expect(Packet::PubAck(Ack {
+                packet_id: id,
+                reason: ReasonCode::Success,
+                ..Ack::default()
+            }))
+            .await;
+    }
+    let Some(Ok(Packet::Publish(first))) = sub.recv().await else {
+        panic!("PUBLISH")
+    };
+    // The second waits for the first's PUBACK: a PINGRESP comes first.
+    sub.send(Packet::PingReq).await;
+    sub.expect(Packet::PingResp).await;
+    let id = first.packet_id.unwrap();
+    sub.send(Packet::PubAck(Ack {
+        packet_id: id,
+        reason: ReasonCode::Success,
+        ..Ack::default()
+    }))
+    .await;
+    assert!(matches!(sub.recv().await, Some(Ok(Packet::Publish(_)))));
+}
