@@ -10,6 +10,7 @@ use actix::prelude::*;
 use log::{info, warn};
 use tokio::net::TcpListener;
 
+use crate::admission::Sources;
 use crate::clock::unix_millis;
 use crate::config::Config;
 use crate::db::{self, DbActor};
@@ -28,8 +29,10 @@ pub struct Shared {
     pub anonymous_allowed: bool,
     pub registry: Addr<Registry>,
     pub db: Addr<DbActor>,
-    /// Open connections over all listeners (see `session::ConnectionSlot`).
+    /// Open connections over all listeners (see `admission::ConnectionSlot`).
     pub connections: AtomicUsize,
+    /// Per-source-address connection counts, rates and authentication bans.
+    pub sources: Sources,
     pub counters: Arc<Counters>,
 }
 
@@ -69,6 +72,7 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         registry: registry.clone(),
         db: db.clone(),
         connections: AtomicUsize::new(0),
+        sources: Sources::default(),
         counters: counters.clone(),
         config,
     });

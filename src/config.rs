@@ -88,6 +88,14 @@ pub struct Limits {
     /// Unacknowledged QoS 1/2 messages the broker sends one client, below the client's own
     /// Receive Maximum.
     pub max_inflight_messages: u16,
+    /// Simultaneous connections from one source address; 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    /// New connections per second from one source address; 0 = unlimited.
+    pub max_connection_rate_per_ip: u32,
+    /// Failed logins from one address within a minute that get it banned; 0 = never.
+    pub max_auth_failures_per_ip: u32,
+    /// Seconds a banned address is refused (CONNACK 0x8A before any password is checked).
+    pub auth_ban: u64,
 }
 
 impl Default for Config {
@@ -122,6 +130,10 @@ impl Default for Limits {
             max_topic_levels: 128,
             max_user_properties: 128,
             max_inflight_messages: 100,
+            max_connections_per_ip: 0,
+            max_connection_rate_per_ip: 0,
+            max_auth_failures_per_ip: 10,
+            auth_ban: 300,
         }
     }
 }

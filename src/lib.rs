@@ -47,6 +47,7 @@
 //! -> each subscriber's Session writes it within that client's Receive Maximum.
 
 pub mod acl;
+pub mod admission;
 pub mod broker;
 pub mod clock;
 pub mod config;

@@ -11,9 +11,10 @@ use actix::prelude::*;
 use log::{debug, warn};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::admission::ConnectionSlot;
 use crate::broker::Shared;
 use crate::messages::StopAccepting;
-use crate::session::{ConnectionSlot, Session};
+use crate::session::Session;
 
 /// Pause after a failed accept (EMFILE, ENFILE, ENOBUFS...): retrying at once would spin, and
 /// the condition usually clears when connections close.
@@ -55,12 +56,14 @@ impl Listener {
     }
 
     fn spawn_session(&mut self, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
-        let Some(slot) = ConnectionSlot::acquire(&self.shared) else {
-            warn!(
-                "{peer}: refused, max_connections ({}) reached",
-                self.shared.config.limits.max_connections
-            );
-            return Ok(());
+        let slot = match ConnectionSlot::acquire(&self.shared, peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                // Closed before a byte is read: the protocol version, and so the CONNACK
+                // format, is not known yet.
+                warn!("{peer}: refused: {refusal}");
+                return Ok(());
+            }
         };
         stream.set_nodelay(true)?;
         // Hand the socket over as a std socket so that it registers with the reactor of the

@@ -55,6 +55,10 @@ impl Session {
         if connect.username.is_none() && !self.shared.anonymous_allowed {
             return Err(SessionError::AnonymousNotAllowed);
         }
+        // Checked before any password is hashed, so a brute force costs the broker little.
+        if self.shared.sources.is_banned(self.peer.ip()) {
+            return Err(SessionError::Banned);
+        }
 
         let client_id: Arc<str> = client_id.into();
         let p = &connect.properties;
@@ -146,8 +150,17 @@ impl Session {
         .map(move |result, act, ctx| match result {
             Ok(rules) => act.accept(rules, accepted, ctx),
             Err(err) => {
-                if let SessionError::ServerUnavailable(why) = &err {
-                    error!("{}: cannot accept the connection: {why}", act.peer);
+                match &err {
+                    SessionError::ServerUnavailable(why) => {
+                        error!("{}: cannot accept the connection: {why}", act.peer);
+                    }
+                    SessionError::BadCredentials => {
+                        let limits = &act.shared.config.limits;
+                        let ban = std::time::Duration::from_secs(limits.auth_ban);
+                        let max = limits.max_auth_failures_per_ip;
+                        act.shared.sources.auth_failed(act.peer.ip(), max, ban);
+                    }
+                    _ => {}
                 }
                 act.fail(err, ctx)
             }

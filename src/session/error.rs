@@ -24,6 +24,8 @@ pub enum SessionError {
     BadCredentials,
     #[error("[MQTT-3.1.4-2] anonymous clients are not allowed")]
     AnonymousNotAllowed,
+    #[error("§5.4.8 address banned after repeated authentication failures")]
+    Banned,
     #[error("server unavailable: {0}")]
     ServerUnavailable(String),
     #[error("[MQTT-3.3.2-2] topic name {0:?} is not valid")]
@@ -69,6 +71,7 @@ impl SessionError {
             BadAuthenticationMethod(_) => ReasonCode::BadAuthenticationMethod,
             BadCredentials => ReasonCode::BadUserNameOrPassword,
             AnonymousNotAllowed => ReasonCode::NotAuthorized,
+            Banned => ReasonCode::Banned,
             ServerUnavailable(_) => ReasonCode::ServerUnavailable,
             TopicNameInvalid(_) => ReasonCode::TopicNameInvalid,
             TopicAliasInvalid(_) => ReasonCode::TopicAliasInvalid,

@@ -16,7 +16,6 @@ mod subscribe;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::io::{FramedWrite, WriteHandler};
@@ -30,6 +29,7 @@ pub use error::SessionError;
 use send_timeout::SendTimeout;
 
 use crate::acl::Acl;
+use crate::admission::ConnectionSlot;
 use crate::broker::Shared;
 use crate::clock::unix_millis;
 use crate::message::Delivery;
@@ -45,28 +45,6 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 type BoxedRead = Box<dyn AsyncRead + Unpin>;
 type BoxedWrite = Box<dyn AsyncWrite + Unpin>;
 type PacketWriter = FramedWrite<Packet, BoxedWrite, MqttCodec>;
-
-/// Counts a connection against `max_connections` for as long as it lives.
-pub struct ConnectionSlot(Arc<Shared>);
-
-impl ConnectionSlot {
-    /// `None` when the broker is at `max_connections`.
-    pub fn acquire(shared: &Arc<Shared>) -> Option<ConnectionSlot> {
-        let max = shared.config.limits.max_connections;
-        let previous = shared.connections.fetch_add(1, Ordering::AcqRel);
-        if max != 0 && previous >= max {
-            shared.connections.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ConnectionSlot(shared.clone()))
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// The writing half: nothing may be written before CONNECT tells the protocol version.
 enum Writer {

@@ -171,3 +171,51 @@ async fn max_inflight_messages_caps_the_outbound_window_below_the_clients_receiv
     .await;
     assert!(matches!(sub.recv().await, Some(Ok(Packet::Publish(_)))));
 }
+
+#[tokio::test]
+async fn g102_connections_over_the_per_ip_cap_are_closed_at_accept() {
+    let broker = start_broker_with(|c| c.limits.max_connections_per_ip = 1);
+    let _first = Client::connected(broker.addr, V5, "first").await;
+    let mut second = Client::open(broker.addr, V5).await;
+    second.send(connect(V5, "second")).await;
+    second.expect_closed().await;
+}
+
+#[tokio::test]
+async fn g103_connections_over_the_per_ip_rate_are_closed_at_accept() {
+    let broker = start_broker_with(|c| c.limits.max_connection_rate_per_ip = 2);
+    // Three connections within the same second: the third is refused.
+    let _a = Client::open(broker.addr, V5).await;
+    let _b = Client::open(broker.addr, V5).await;
+    let mut c = Client::open(broker.addr, V5).await;
+    c.send(connect(V5, "third")).await;
+    c.expect_closed().await;
+}
+
+#[tokio::test]
+async fn g104_repeated_authentication_failures_ban_the_address() {
+    let broker = start_broker_with(|c| {
+        c.allow_anonymous = Some(false);
+        c.limits.max_auth_failures_per_ip = 2;
+    });
+    mqttd::db::users::add_user(&broker.db_path.to_string_lossy(), "eve", "right").unwrap();
+    for _ in 0..2 {
+        let mut client = Client::open(broker.addr, V5).await;
+        client
+            .send(connect_with_credentials(V5, "guess", "eve", "wrong"))
+            .await;
+        client
+            .expect(Packet::ConnAck(ConnAck {
+                reason: ReasonCode::BadUserNameOrPassword,
+                ..Default::default()
+            }))
+            .await;
+        client.expect_closed().await;
+    }
+    // Banned: even the right password is not checked; the connection is closed at accept.
+    let mut client = Client::open(broker.addr, V5).await;
+    client
+        .send(connect_with_credentials(V5, "guess", "eve", "right"))
+        .await;
+    client.expect_closed().await;
+}
