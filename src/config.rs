@@ -1,13 +1,13 @@
 //! Broker configuration: a TOML file (see `docs/mqttd.example.toml`), overridden by command-line flags.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 /// The address the broker listens on when no listener is configured.
-pub const DEFAULT_BIND: &str = "127.0.0.1:1883";
+pub const DEFAULT_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883);
 
 /// Everything the broker reads at start-up. Every field has a default, so an empty file is a
 /// valid configuration.
@@ -215,11 +215,7 @@ impl Config {
     /// The addresses to listen on: the configured ones, or the default loopback listener.
     pub fn bind_addrs(&self) -> Vec<SocketAddr> {
         if self.listeners.is_empty() {
-            vec![
-                DEFAULT_BIND
-                    .parse()
-                    .expect("DEFAULT_BIND is a valid address"),
-            ]
+            vec![DEFAULT_BIND]
         } else {
             self.listeners.iter().map(|l| l.bind).collect()
         }
@@ -262,7 +258,7 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults_and_anonymous_on_loopback() {
         let c: Config = toml::from_str("").unwrap();
-        assert_eq!(c.bind_addrs(), vec![DEFAULT_BIND.parse().unwrap()]);
+        assert_eq!(c.bind_addrs(), vec![DEFAULT_BIND]);
         assert!(c.anonymous_allowed());
         assert_eq!(c.limits.max_packet_size, 1024 * 1024);
         c.validate().unwrap();

@@ -46,6 +46,9 @@
 //! -> PUBACK/PUBREC -> the Registry matches the trie and queues one `Delivery` per subscriber
 //! -> each subscriber's Session writes it within that client's Receive Maximum.
 
+// Production code must not panic on what a peer sends; tests may.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod acl;
 pub mod admission;
 pub mod broker;

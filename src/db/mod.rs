@@ -153,6 +153,7 @@ pub fn start(path: &str, threads: usize) -> Result<Addr<DbActor>, DbError> {
     password::dummy_hash()?;
 
     let path = path.to_owned();
+    #[expect(clippy::panic, reason = "a SyncArbiter factory cannot return an error")]
     Ok(SyncArbiter::start(threads.max(1), move || {
         // The factory cannot return an error. The same path was opened and migrated just above,
         // so this fails only if the file was removed or the process ran out of descriptors
