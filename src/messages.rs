@@ -44,14 +44,24 @@ pub struct Register {
 }
 
 /// Session -> Registry: add or replace subscriptions (already validated and authorised), up to
-/// `max_subscriptions` per client. Retained messages are queued for the session per each
-/// filter's Retain Handling before the reply. Reply: one outcome per filter, in order.
+/// `max_subscriptions` per client. Reply: one outcome per filter, in order, and the retained
+/// messages to send per each filter's Retain Handling.
 #[derive(Message, Debug)]
-#[rtype(result = "Vec<SubscribeOutcome>")]
+#[rtype(result = "SubscribeReply")]
 pub struct Subscribe {
     pub client_id: Arc<str>,
     pub filters: Vec<(String, Subscription)>,
     pub max_subscriptions: usize,
+}
+
+/// The answer to `Subscribe`.
+#[derive(Debug)]
+pub struct SubscribeReply {
+    pub outcomes: Vec<SubscribeOutcome>,
+    /// Retained messages for the new subscriptions. They bypass the bounded delivery queue
+    /// (they are `Arc`s, not copies), so a `#` subscription gets every retained message
+    /// however many there are.
+    pub retained: Vec<Delivery>,
 }
 
 /// What became of one filter of a `Subscribe`.

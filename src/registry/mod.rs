@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::unix_millis;
 use crate::message::{AppMessage, Delivery};
 use crate::messages::{
-    ActiveClients, Close, Publish, Register, Shutdown, Subscribe, SubscribeOutcome, Unregister,
-    Unsubscribe,
+    ActiveClients, Close, Publish, Register, Shutdown, Subscribe, SubscribeOutcome, SubscribeReply,
+    Unregister, Unsubscribe,
 };
 use crate::mqtt::{QoS, ReasonCode, RetainHandling, topic};
 use crate::stats::Counters;
@@ -191,8 +191,11 @@ impl Handler<Subscribe> for Registry {
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
         let now = unix_millis();
-        let mut outcomes = Vec::with_capacity(msg.filters.len());
-        let mut retained = Vec::new();
+        let mut reply = SubscribeReply {
+            outcomes: Vec::with_capacity(msg.filters.len()),
+            retained: Vec::new(),
+        };
+        let mut matched = Vec::new();
         for (filter, subscription) in msg.filters {
             let options = subscription.options;
             let identifier = subscription.identifier;
@@ -202,10 +205,10 @@ impl Handler<Subscribe> for Registry {
             // Only a new filter can go over the cap; it is taken back at once.
             if !had && self.subscriptions.client_count(&msg.client_id) > msg.max_subscriptions {
                 self.subscriptions.unsubscribe(&msg.client_id, &filter);
-                outcomes.push(SubscribeOutcome::QuotaExceeded);
+                reply.outcomes.push(SubscribeOutcome::QuotaExceeded);
                 continue;
             }
-            outcomes.push(if had {
+            reply.outcomes.push(if had {
                 SubscribeOutcome::Replaced
             } else {
                 SubscribeOutcome::Added
@@ -216,29 +219,25 @@ impl Handler<Subscribe> for Registry {
                 RetainHandling::SendIfNew => !had,
                 RetainHandling::DoNotSend => false,
             } && topic::split_shared(&filter).is_none();
-            let Some(entry) = self.clients.get(&msg.client_id) else {
-                continue;
-            };
             if !send_retained {
                 continue;
             }
-            retained.clear();
-            self.retained.matching(&filter, &mut retained);
-            for message in retained.drain(..) {
+            matched.clear();
+            self.retained.matching(&filter, &mut matched);
+            for message in matched.drain(..) {
                 if message.remaining_expiry(now) == Some(0) {
                     continue;
                 }
-                let delivery = Delivery {
+                reply.retained.push(Delivery {
                     qos: message.qos.min(options.qos),
                     message,
                     // [MQTT-3.3.1-9]: retained messages sent on subscribe carry RETAIN 1.
                     retain: true,
                     subscription_ids: identifier.into_iter().collect(),
-                };
-                self.offer(&entry.deliveries, delivery);
+                });
             }
         }
-        MessageResult(outcomes)
+        MessageResult(reply)
     }
 }
 

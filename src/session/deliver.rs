@@ -7,6 +7,7 @@
 //! the actor), the queue fills and the Registry drops further messages for this client.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use log::debug;
@@ -21,6 +22,9 @@ use crate::stats::Counters;
 /// Deliveries taken from the queue per wake-up: enough to amortise the wake-up, few enough to
 /// bound what waits in `pending` when the Receive Maximum is reached.
 const PUMP_BATCH: usize = 16;
+
+/// Deliveries written per turn of the actor when draining `pending`.
+const RELEASE_BATCH: usize = 64;
 
 impl Session {
     /// Waits for the next deliveries, unless already waiting or the client cannot take more.
@@ -61,6 +65,7 @@ impl Session {
 
     /// Writes pending deliveries while the client's Receive Maximum allows, then pumps again.
     pub(super) fn release(&mut self, ctx: &mut Context<Self>) {
+        let mut written = 0;
         while let Some(delivery) = self.pending.front() {
             let window_full = self.client.as_ref().is_none_or(|c| {
                 delivery.qos != QoS::AtMostOnce
@@ -69,8 +74,16 @@ impl Session {
             if window_full {
                 return;
             }
+            if written == RELEASE_BATCH {
+                // A long backlog (the retained messages of a `#` subscription) is written in
+                // slices, so the writer can flush, and pause this actor at its high-water
+                // mark, in between: the write buffer stays small.
+                ctx.run_later(Duration::ZERO, |act, ctx| act.release(ctx));
+                return;
+            }
             if let Some(delivery) = self.pending.pop_front() {
                 self.write_delivery(delivery);
+                written += 1;
             }
         }
         self.pump(ctx);

@@ -123,8 +123,8 @@ pub struct Session {
     deliveries: Option<mpsc::Receiver<Delivery>>,
     /// A pump future is waiting on `deliveries`.
     pumping: bool,
-    /// Deliveries taken from the queue that cannot be written yet (Receive Maximum reached);
-    /// at most one pump batch, so this stays small.
+    /// Deliveries that cannot be written yet (Receive Maximum reached): at most one pump batch
+    /// from the queue, plus the retained messages of a new subscription (shared `Arc`s).
     pending: VecDeque<Delivery>,
     /// When the last packet arrived (keep-alive).
     last_packet: Instant,

@@ -63,8 +63,7 @@ impl Session {
             self.send_suback(packet_id, reasons);
             return Ok(());
         }
-        // The SUBACK goes out before the retained messages the Registry queues for the new
-        // subscriptions, because `wait` holds the delivery pump until it is written.
+        // `wait`: no other packet is handled until the SUBACK is written.
         let add = AddSubscriptions {
             client_id: client.client_id.clone(),
             filters: granted,
@@ -74,22 +73,24 @@ impl Session {
             .registry
             .send(add)
             .into_actor(self)
-            .map(move |result, act, _| {
-                match result {
-                    Ok(outcomes) => {
-                        for (at, outcome) in granted_at.into_iter().zip(outcomes) {
-                            if outcome == SubscribeOutcome::QuotaExceeded {
-                                reasons[at] = ReasonCode::QuotaExceeded;
-                            }
+            .map(move |result, act, ctx| match result {
+                Ok(reply) => {
+                    for (at, outcome) in granted_at.into_iter().zip(reply.outcomes) {
+                        if outcome == SubscribeOutcome::QuotaExceeded {
+                            reasons[at] = ReasonCode::QuotaExceeded;
                         }
                     }
-                    Err(_) => {
-                        for at in granted_at {
-                            reasons[at] = ReasonCode::UnspecifiedError;
-                        }
-                    }
+                    act.send_suback(packet_id, reasons);
+                    // After the SUBACK, ahead of anything newer from the queue.
+                    act.pending.extend(reply.retained);
+                    act.release(ctx);
                 }
-                act.send_suback(packet_id, reasons);
+                Err(_) => {
+                    for at in granted_at {
+                        reasons[at] = ReasonCode::UnspecifiedError;
+                    }
+                    act.send_suback(packet_id, reasons);
+                }
             })
             .wait(ctx);
         Ok(())

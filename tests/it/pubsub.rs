@@ -882,3 +882,30 @@ async fn mqtt_4_6_0_5_a_burst_arrives_complete_in_order_without_duplicates() {
         assert_eq!(reader.await.unwrap(), (0..N).collect::<Vec<_>>());
     }
 }
+
+/// Retained messages for a new subscription do not go through the bounded delivery queue:
+/// a `#` subscription gets all of them, far more than `max_queued_messages`.
+#[tokio::test]
+async fn a_wildcard_subscription_gets_every_retained_message_beyond_the_queue_limit() {
+    const TOPICS: u16 = 2000;
+    let broker = start_broker_with(|c| c.limits.max_queued_messages = 10);
+    let mut publisher = Client::connected(broker.addr, V5, "retainer").await;
+    for i in 1..=TOPICS {
+        let mut p = publish(&format!("r/{i}"), QoS::AtLeastOnce, Some(i), b"kept");
+        p.retain = true;
+        publisher.send(Packet::Publish(Box::new(p))).await;
+        publisher
+            .expect(Packet::PubAck(ack(i, ReasonCode::Success)))
+            .await;
+    }
+    let mut sub = Client::connected(broker.addr, V5, "all").await;
+    subscribe(&mut sub, 1, &[("#", options(QoS::AtMostOnce))]).await;
+    let mut topics = std::collections::HashSet::new();
+    for _ in 0..TOPICS {
+        let p = next_publish(&mut sub).await;
+        assert!(p.retain);
+        topics.insert(p.topic);
+    }
+    assert_eq!(topics.len(), usize::from(TOPICS));
+    assert_eq!(broker.counters.dropped_qos0.load(Ordering::Relaxed), 0);
+}
