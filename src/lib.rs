@@ -47,10 +47,14 @@
 //! -> each subscriber's Session writes it within that client's Receive Maximum.
 
 // Production code must not panic on what a peer sends; tests may.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod acl;
 pub mod admission;
+pub mod bench;
 pub mod broker;
 pub mod clock;
 pub mod config;

@@ -40,6 +40,8 @@ enum Command {
         #[command(subcommand)]
         action: AclCommand,
     },
+    /// Load-test an MQTT broker
+    Bench(mqttd::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -160,6 +162,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 Ok(())
             }
         },
+        Some(Command::Bench(args)) => Ok(mqttd::bench::run(args)?),
         Some(Command::Acl { action }) => match action {
             AclCommand::Add {
                 subject,

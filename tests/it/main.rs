@@ -2,6 +2,7 @@
 //! broker on an ephemeral port with its own SQLite file and talks MQTT to it over TCP.
 
 mod acl;
+mod bench;
 mod cli;
 mod common;
 mod connect;
