@@ -1,6 +1,7 @@
 //! One integration-test binary (faster to link than one per file). Every test starts a real
 //! broker on an ephemeral port with its own SQLite file and talks MQTT to it over TCP.
 
+mod abuse;
 mod acl;
 mod bench;
 mod cli;

@@ -1,0 +1,613 @@
+//! The bench's MQTT clients: connect, subscribe, and the publisher and subscriber loops. Each
+//! client is one tokio task over one `Framed` socket, so a thread carries many connections.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::{MissedTickBehavior, timeout};
+use tokio_util::codec::{Encoder, Framed};
+
+use super::payload::{self, Stamp};
+use super::tracker::SequenceTracker;
+use super::{BenchError, Shared};
+use crate::mqtt::{
+    Ack, Connect, Disconnect, MqttCodec, Packet, Properties, ProtocolVersion, Publish, QoS,
+    ReasonCode, Subscribe, SubscriptionOptions,
+};
+
+/// How long the broker may take to answer CONNECT or SUBSCRIBE.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read buffer and write high-water mark: big enough that one read takes many packets.
+const BUFFER: usize = 64 * 1024;
+/// QoS 0 messages written per flush before yielding to the other tasks of the thread.
+const QOS0_BATCH: usize = 64;
+/// Packets a subscriber handles before it flushes its acknowledgements and counts them.
+const READ_BATCH: usize = 1024;
+/// After the publishers stop, a subscriber that hears nothing for this long stops waiting.
+const IDLE_GRACE: Duration = Duration::from_millis(500);
+/// A publisher waits at most this long for its last acknowledgements.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle subscriber looks whether the run is over.
+const POLL: Duration = Duration::from_millis(50);
+
+/// What every connection of a run shares.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub addr: String,
+    pub version: ProtocolVersion,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Clean Start 0 and a Session Expiry Interval, instead of a clean session.
+    pub persistent: bool,
+    /// No PINGREQ is sent, so this is set longer than the run.
+    pub keep_alive: u16,
+}
+
+/// One connected client. Packets are read through `framed`; they are written by encoding
+/// into `out` and writing it out on `flush`, so a batch of packets costs one write.
+pub struct Conn {
+    pub client_id: String,
+    framed: Framed<TcpStream, MqttCodec>,
+    encoder: MqttCodec,
+    out: BytesMut,
+    /// The broker's Receive Maximum from CONNACK: a cap on our QoS 1/2 window [MQTT-3.3.4-7].
+    receive_maximum: u16,
+}
+
+impl Conn {
+    fn error(&self, reason: impl Into<String>) -> BenchError {
+        BenchError::Client {
+            client: self.client_id.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    async fn send(&mut self, packet: Packet) -> Result<(), BenchError> {
+        self.feed(packet).await?;
+        self.flush().await
+    }
+
+    /// Queues a packet; writes the queue out once it is past `BUFFER`.
+    async fn feed(&mut self, packet: Packet) -> Result<(), BenchError> {
+        if let Err(e) = self.encoder.encode(packet, &mut self.out) {
+            return Err(self.error(format!("encode: {e}")));
+        }
+        if self.out.len() >= BUFFER {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), BenchError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let result = self.framed.get_mut().write_all(&self.out).await;
+        self.out.clear();
+        result.map_err(|e| self.error(format!("send: {e}")))
+    }
+
+    /// Turns the result of `framed.next()` into a packet or an error naming the client.
+    fn received(
+        &self,
+        item: Option<Result<Packet, crate::mqtt::DecodeError>>,
+    ) -> Result<Packet, BenchError> {
+        match item {
+            Some(Ok(packet)) => Ok(packet),
+            Some(Err(e)) => Err(self.error(format!("receive: {e}"))),
+            None => Err(self.error("the broker closed the connection")),
+        }
+    }
+
+    async fn recv_within(&mut self, limit: Duration) -> Result<Packet, BenchError> {
+        match timeout(limit, self.framed.next()).await {
+            Ok(item) => self.received(item),
+            Err(_) => Err(self.error(format!("no answer within {limit:?}"))),
+        }
+    }
+
+    /// Sends DISCONNECT; the broker may already be gone, which is no longer our concern.
+    pub async fn disconnect(mut self) {
+        let _ = self.send(Packet::Disconnect(Disconnect::default())).await;
+    }
+}
+
+/// Opens a TCP connection and completes CONNECT/CONNACK.
+pub async fn connect(options: &ConnectOptions, client_id: String) -> Result<Conn, BenchError> {
+    let fail = |reason: String| BenchError::Client {
+        client: client_id.clone(),
+        reason,
+    };
+    let stream = timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&options.addr))
+        .await
+        .map_err(|_| fail(format!("TCP connect to {} timed out", options.addr)))?
+        .map_err(|e| fail(format!("TCP connect to {}: {e}", options.addr)))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| fail(format!("TCP_NODELAY: {e}")))?;
+    let codec = MqttCodec::new(options.version, 268_435_460);
+    let mut conn = Conn {
+        client_id: client_id.clone(),
+        framed: Framed::with_capacity(stream, codec.clone(), BUFFER),
+        encoder: codec,
+        out: BytesMut::with_capacity(BUFFER),
+        receive_maximum: u16::MAX,
+    };
+    let properties = if options.version.is_v5() {
+        Properties {
+            // The subscriber side must never be the one that throttles the broker.
+            receive_maximum: Some(u16::MAX),
+            session_expiry_interval: options.persistent.then_some(300),
+            ..Properties::default()
+        }
+    } else {
+        Properties::default()
+    };
+    conn.send(Packet::Connect(Box::new(Connect {
+        protocol: options.version,
+        clean_start: !options.persistent,
+        keep_alive: options.keep_alive,
+        properties,
+        client_id,
+        will: None,
+        username: options.username.clone(),
+        password: options
+            .password
+            .as_ref()
+            .map(|p| Bytes::copy_from_slice(p.as_bytes())),
+    })))
+    .await?;
+    match conn.recv_within(HANDSHAKE_TIMEOUT).await? {
+        Packet::ConnAck(ack) if ack.reason == ReasonCode::Success => {
+            match ack.properties.receive_maximum {
+                Some(0) => Err(conn.error("CONNACK with Receive Maximum 0")),
+                Some(max) => {
+                    conn.receive_maximum = max;
+                    Ok(conn)
+                }
+                None => Ok(conn),
+            }
+        }
+        Packet::ConnAck(ack) => Err(conn.error(format!("CONNACK {:?}", ack.reason))),
+        other => Err(conn.error(format!("expected CONNACK, got {}", other.name()))),
+    }
+}
+
+/// Subscribes to one filter and waits for a SUBACK granting the QoS asked for.
+pub async fn subscribe(conn: &mut Conn, filter: &str, qos: QoS) -> Result<(), BenchError> {
+    conn.send(Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters: vec![(
+            filter.to_string(),
+            SubscriptionOptions {
+                qos,
+                ..SubscriptionOptions::default()
+            },
+        )],
+    }))
+    .await?;
+    match conn.recv_within(HANDSHAKE_TIMEOUT).await? {
+        Packet::SubAck(ack) => match ack.reasons.first() {
+            Some(&reason) if reason as u8 == qos as u8 => Ok(()),
+            // A lower grant would quietly turn a QoS 1 run into a QoS 0 one.
+            Some(reason) => Err(conn.error(format!("SUBACK {reason:?} for {filter:?}"))),
+            None => Err(conn.error("SUBACK without a reason code")),
+        },
+        other => Err(conn.error(format!("expected SUBACK, got {}", other.name()))),
+    }
+}
+
+/// What one publisher is to do.
+pub struct PublisherPlan {
+    pub id: u32,
+    pub topic: String,
+    pub qos: QoS,
+    pub payload: usize,
+    /// Unacknowledged QoS 1/2 messages allowed at once (1..=65535).
+    pub inflight: usize,
+    /// Time between messages for a fixed rate; `None` publishes as fast as possible.
+    pub interval: Option<Duration>,
+    pub deadline: Instant,
+}
+
+/// Packet ids of the messages a publisher has in flight and where each one is.
+struct Window {
+    /// Indexed by packet id.
+    state: Vec<Slot>,
+    used: usize,
+    next_id: u16,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Free,
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Sent,
+    /// PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            state: vec![Slot::Free; usize::from(u16::MAX) + 1],
+            used: 0,
+            next_id: 1,
+        }
+    }
+
+    /// A free id; the caller keeps `used` below 65535, so one exists.
+    fn take(&mut self) -> u16 {
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            if self.state[usize::from(id)] == Slot::Free {
+                self.state[usize::from(id)] = Slot::Sent;
+                self.used += 1;
+                return id;
+            }
+        }
+    }
+
+    fn is(&self, id: u16, slot: Slot) -> bool {
+        self.state[usize::from(id)] == slot
+    }
+
+    fn set(&mut self, id: u16, slot: Slot) {
+        if slot == Slot::Free {
+            self.used -= 1;
+        }
+        self.state[usize::from(id)] = slot;
+    }
+}
+
+/// The messages a publisher sent, and why it stopped early if it did.
+pub struct PublisherOutcome {
+    pub sent: u64,
+    pub error: Option<BenchError>,
+}
+
+/// Publishes until the deadline, then waits for the last acknowledgements and disconnects.
+pub async fn publish(mut conn: Conn, plan: PublisherPlan, shared: Arc<Shared>) -> PublisherOutcome {
+    let mut publisher = Publisher {
+        window: Window::new(),
+        buf: BytesMut::with_capacity(BUFFER),
+        sent: 0,
+    };
+    let result = publisher.run(&mut conn, &plan, &shared).await;
+    if result.is_ok() {
+        conn.disconnect().await;
+    }
+    PublisherOutcome {
+        sent: publisher.sent,
+        error: result.err(),
+    }
+}
+
+struct Publisher {
+    window: Window,
+    /// Payloads are carved from this buffer, so a message costs no allocation of its own.
+    buf: BytesMut,
+    sent: u64,
+}
+
+impl Publisher {
+    async fn run(
+        &mut self,
+        conn: &mut Conn,
+        plan: &PublisherPlan,
+        shared: &Shared,
+    ) -> Result<(), BenchError> {
+        let window = if plan.qos == QoS::AtMostOnce {
+            usize::MAX
+        } else {
+            plan.inflight.min(usize::from(conn.receive_maximum))
+        };
+        let mut ticker = plan.interval.map(|period| {
+            let mut ticker = tokio::time::interval(period);
+            // After a stall, catch up at once, so the rate holds on average.
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+            ticker
+        });
+        while Instant::now() < plan.deadline {
+            let Some(ticker) = ticker.as_mut() else {
+                if plan.qos == QoS::AtMostOnce {
+                    for _ in 0..QOS0_BATCH {
+                        self.feed_next(conn, plan, shared).await?;
+                    }
+                    conn.flush().await?;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                while self.window.used < window {
+                    self.feed_next(conn, plan, shared).await?;
+                }
+                conn.flush().await?;
+                self.read_acks(conn, plan.deadline).await?;
+                continue;
+            };
+            let deadline = tokio::time::Instant::from_std(plan.deadline);
+            tokio::select! {
+                _ = ticker.tick(), if self.window.used < window => {
+                    self.feed_next(conn, plan, shared).await?;
+                    conn.flush().await?;
+                }
+                item = conn.framed.next() => {
+                    let packet = conn.received(item)?;
+                    self.on_packet(conn, packet).await?;
+                    conn.flush().await?;
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+        let drain_until = Instant::now() + DRAIN_TIMEOUT;
+        while self.window.used > 0 {
+            if Instant::now() >= drain_until {
+                return Err(conn.error(format!(
+                    "{} messages still unacknowledged {DRAIN_TIMEOUT:?} after the end",
+                    self.window.used
+                )));
+            }
+            self.read_acks(conn, drain_until).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the next message without flushing.
+    async fn feed_next(
+        &mut self,
+        conn: &mut Conn,
+        plan: &PublisherPlan,
+        shared: &Shared,
+    ) -> Result<(), BenchError> {
+        let stamp = Stamp {
+            publisher: plan.id,
+            sequence: self.sent,
+            sent_ns: shared.now_ns(),
+        };
+        let payload = payload::encode(stamp, plan.payload, &mut self.buf);
+        if self.buf.capacity() < plan.payload {
+            // `encode` reserves too, but a large block at once keeps allocations rare.
+            self.buf.reserve(BUFFER.max(plan.payload));
+        }
+        let packet_id = (plan.qos != QoS::AtMostOnce).then(|| self.window.take());
+        conn.feed(Packet::Publish(Box::new(Publish {
+            dup: false,
+            qos: plan.qos,
+            retain: false,
+            topic: plan.topic.clone(),
+            packet_id,
+            properties: Properties::default(),
+            payload,
+        })))
+        .await?;
+        self.sent += 1;
+        shared.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Waits (until `until`) for one packet, then takes whatever else is already buffered.
+    async fn read_acks(&mut self, conn: &mut Conn, until: Instant) -> Result<(), BenchError> {
+        let limit = until.saturating_duration_since(Instant::now());
+        let Ok(item) = timeout(limit, conn.framed.next()).await else {
+            return Ok(());
+        };
+        let packet = conn.received(item)?;
+        self.on_packet(conn, packet).await?;
+        while let Some(item) = conn.framed.next().now_or_never() {
+            let packet = conn.received(item)?;
+            self.on_packet(conn, packet).await?;
+        }
+        conn.flush().await
+    }
+
+    /// Acknowledgements move the window on; PUBRELs are fed, not flushed.
+    async fn on_packet(&mut self, conn: &mut Conn, packet: Packet) -> Result<(), BenchError> {
+        let (ack, expected, next) = match packet {
+            Packet::PubAck(ack) => (ack, Slot::Sent, Slot::Free),
+            Packet::PubRec(ack) if ack.reason.is_failure() => (ack, Slot::Sent, Slot::Free),
+            Packet::PubRec(ack) => (ack, Slot::Sent, Slot::Released),
+            Packet::PubComp(ack) => (ack, Slot::Released, Slot::Free),
+            Packet::Disconnect(d) => {
+                return Err(conn.error(format!("the broker disconnected: {:?}", d.reason)));
+            }
+            Packet::PingResp => return Ok(()),
+            other => return Err(conn.error(format!("unexpected {}", other.name()))),
+        };
+        if !self.window.is(ack.packet_id, expected) {
+            return Err(conn.error(format!(
+                "acknowledgement for packet id {} that is not awaiting it",
+                ack.packet_id
+            )));
+        }
+        if ack.reason.is_failure() {
+            return Err(conn.error(format!("the broker refused a message: {:?}", ack.reason)));
+        }
+        self.window.set(ack.packet_id, next);
+        if next == Slot::Released {
+            conn.feed(Packet::PubRel(Ack {
+                packet_id: ack.packet_id,
+                ..Ack::default()
+            }))
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// What one subscriber saw.
+pub struct SubscriberOutcome {
+    pub tracker: SequenceTracker,
+    /// End-to-end latency (ns) of the messages received after the warm-up.
+    pub latency: Histogram<u64>,
+    /// Payloads too short to carry a bench stamp.
+    pub malformed: u64,
+    pub error: Option<BenchError>,
+}
+
+/// Receives until every publisher in `sources` has finished and all it sent has arrived, or
+/// nothing has arrived for `IDLE_GRACE` since they finished.
+pub async fn receive(mut conn: Conn, sources: Vec<u32>, shared: Arc<Shared>) -> SubscriberOutcome {
+    let mut subscriber = Subscriber {
+        tracker: SequenceTracker::default(),
+        latency: new_histogram(),
+        malformed: 0,
+        awaiting_rel: vec![false; usize::from(u16::MAX) + 1],
+    };
+    let result = subscriber.run(&mut conn, &sources, &shared).await;
+    if result.is_ok() {
+        conn.disconnect().await;
+    }
+    SubscriberOutcome {
+        tracker: subscriber.tracker,
+        latency: subscriber.latency,
+        malformed: subscriber.malformed,
+        error: result.err(),
+    }
+}
+
+/// A histogram of nanoseconds from 1 ns to 10 minutes, 3 significant digits.
+#[allow(
+    clippy::expect_used,
+    reason = "the bounds are constants, valid as every run shows; no peer input is involved"
+)]
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("constant, valid bounds")
+}
+
+struct Subscriber {
+    tracker: SequenceTracker,
+    latency: Histogram<u64>,
+    malformed: u64,
+    /// By packet id: answered with PUBREC and not yet released. A PUBLISH re-sent with such an
+    /// id is the same message, not a duplicate delivery.
+    awaiting_rel: Vec<bool>,
+}
+
+impl Subscriber {
+    async fn run(
+        &mut self,
+        conn: &mut Conn,
+        sources: &[u32],
+        shared: &Shared,
+    ) -> Result<(), BenchError> {
+        let mut last_message = Instant::now();
+        loop {
+            let item = match timeout(POLL, conn.framed.next()).await {
+                Ok(item) => item,
+                Err(_) => {
+                    if self.done(sources, shared, last_message) {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            let packet = conn.received(item)?;
+            let mut messages = self.on_packet(conn, packet, shared).await?;
+            let mut handled = 1;
+            while handled < READ_BATCH {
+                let Some(item) = conn.framed.next().now_or_never() else {
+                    break;
+                };
+                let packet = conn.received(item)?;
+                messages += self.on_packet(conn, packet, shared).await?;
+                handled += 1;
+            }
+            conn.flush().await?;
+            if messages > 0 {
+                shared.received.fetch_add(messages, Ordering::Relaxed);
+                last_message = Instant::now();
+            }
+            if self.done(sources, shared, last_message) {
+                return Ok(());
+            }
+        }
+    }
+
+    fn done(&self, sources: &[u32], shared: &Shared, last_message: Instant) -> bool {
+        let Some(sent) = shared.final_sent() else {
+            return false;
+        };
+        let complete = sources
+            .iter()
+            .all(|&p| self.tracker.received_from(p) >= sent[p as usize]);
+        complete || last_message.elapsed() >= IDLE_GRACE
+    }
+
+    /// Handles one packet; returns 1 for a delivered message, else 0. Acks are fed, not flushed.
+    async fn on_packet(
+        &mut self,
+        conn: &mut Conn,
+        packet: Packet,
+        shared: &Shared,
+    ) -> Result<u64, BenchError> {
+        let publish = match packet {
+            Packet::Publish(publish) => publish,
+            Packet::PubRel(rel) => {
+                self.awaiting_rel[usize::from(rel.packet_id)] = false;
+                conn.feed(Packet::PubComp(Ack {
+                    packet_id: rel.packet_id,
+                    ..Ack::default()
+                }))
+                .await?;
+                return Ok(0);
+            }
+            Packet::Disconnect(d) => {
+                return Err(conn.error(format!("the broker disconnected: {:?}", d.reason)));
+            }
+            Packet::PingResp => return Ok(0),
+            other => return Err(conn.error(format!("unexpected {}", other.name()))),
+        };
+        match (publish.qos, publish.packet_id) {
+            (QoS::AtMostOnce, _) => {}
+            (QoS::AtLeastOnce, Some(packet_id)) => {
+                conn.feed(Packet::PubAck(Ack {
+                    packet_id,
+                    ..Ack::default()
+                }))
+                .await?;
+            }
+            (QoS::ExactlyOnce, Some(packet_id)) => {
+                let resent = self.awaiting_rel[usize::from(packet_id)];
+                conn.feed(Packet::PubRec(Ack {
+                    packet_id,
+                    ..Ack::default()
+                }))
+                .await?;
+                if resent {
+                    return Ok(0);
+                }
+                self.awaiting_rel[usize::from(packet_id)] = true;
+            }
+            (_, None) => return Err(conn.error("QoS 1/2 PUBLISH without a packet id")),
+        }
+        let Some(stamp) = payload::decode(&publish.payload) else {
+            self.malformed += 1;
+            return Ok(0);
+        };
+        self.tracker.record(stamp.publisher, stamp.sequence);
+        let now = shared.now_ns();
+        if now >= shared.measure_from_ns {
+            self.latency
+                .saturating_record(now.saturating_sub(stamp.sent_ns).max(1));
+        }
+        Ok(1)
+    }
+}
+
+/// Connects and measures how long CONNECT/CONNACK took (the `conn` scenario).
+pub async fn open_and_time(
+    options: &ConnectOptions,
+    client_id: String,
+) -> Result<(Conn, Duration), BenchError> {
+    let started = Instant::now();
+    let conn = connect(options, client_id).await?;
+    Ok((conn, started.elapsed()))
+}
