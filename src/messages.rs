@@ -16,6 +16,7 @@ use crate::db::DbError;
 use crate::message::{AppMessage, Delivery};
 use crate::mqtt::ReasonCode;
 use crate::registry::subscriptions::Subscription;
+use crate::session::Abort;
 
 // ---- handled by Session ----------------------------------------------------------------------
 
@@ -41,6 +42,8 @@ pub struct Register {
     pub session: Recipient<Close>,
     /// The session's bounded delivery queue; the Registry only ever `try_send`s into it.
     pub deliveries: mpsc::Sender<Delivery>,
+    /// Ends the connection when it does not answer `Close` (paused on a full socket).
+    pub abort: Arc<Abort>,
 }
 
 /// Session -> Registry: add or replace subscriptions (already validated and authorised), up to

@@ -238,6 +238,27 @@ mod tests {
         assert!(!matches("a/b/c", "a/b"));
     }
 
+    /// Found by the `topic` fuzz target (fuzz/): a valid Topic Name is not always a valid Topic
+    /// Filter. As a filter, "$share/..." is read as a shared subscription and must have a
+    /// ShareName and a filter part; as a name it is only subject to the name rules.
+    #[test]
+    fn share_prefixed_names_are_names_not_filters() {
+        for name in ["$share/", "$share/g", "$share//t"] {
+            assert_eq!(validate_topic_name(name), Ok(()), "{name:?}");
+            assert_eq!(
+                validate_topic_filter(name),
+                Err(TopicError::InvalidSharedSubscription),
+                "{name:?}"
+            );
+            // Matched literally, level by level, by an ordinary filter.
+            assert!(matches(name, name), "{name:?}");
+            assert!(matches("$share/#", name), "{name:?}");
+            assert!(!matches("#", name), "{name:?}");
+        }
+        assert_eq!(validate_topic_name("$share/g/t"), Ok(()));
+        assert_eq!(validate_topic_filter("$share/g/t"), Ok(()));
+    }
+
     #[test]
     fn deep_topics_do_not_recurse() {
         let topic = "/".repeat(65_000);

@@ -11,6 +11,7 @@ pub mod subscriptions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use log::{debug, info};
@@ -23,6 +24,7 @@ use crate::messages::{
     Unregister, Unsubscribe,
 };
 use crate::mqtt::{QoS, ReasonCode, RetainHandling, topic};
+use crate::session::Abort;
 use crate::stats::Counters;
 use retained::RetainedStore;
 use subscriptions::{Route, SubscriptionTree};
@@ -31,6 +33,7 @@ struct Entry {
     conn_id: u64,
     session: Recipient<Close>,
     deliveries: mpsc::Sender<Delivery>,
+    abort: Arc<Abort>,
 }
 
 /// Holds the active clients, their subscriptions and the retained messages.
@@ -45,6 +48,10 @@ pub struct Registry {
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     shutting_down: bool,
 }
+
+/// How long a new connection waits for the one it takes over to close by itself (and then
+/// again after aborting it).
+const TAKEOVER_WAIT: Duration = Duration::from_secs(1);
 
 /// Room for messages from sessions. A session whose `try_send` finds it full waits for room and
 /// stops reading its socket meanwhile; a larger mailbox only absorbs bursts.
@@ -144,6 +151,7 @@ impl Handler<Register> for Registry {
             conn_id: msg.conn_id,
             session: msg.session,
             deliveries: msg.deliveries,
+            abort: msg.abort,
         };
         match self.clients.insert(msg.client_id.clone(), new) {
             Some(old) => {
@@ -154,14 +162,23 @@ impl Handler<Register> for Registry {
                 // Sessions are not kept after their connection yet: the new one starts empty.
                 self.subscriptions.remove_client(&msg.client_id);
                 // Control messages are one per take-over, so `send` (which waits for mailbox
-                // room) cannot pile up; the new session waits until the old one has ended.
+                // room) cannot pile up; the new session waits until the old one has ended,
+                // unless the old one is stalled on a client that does not read.
                 Box::pin(async move {
-                    let _ = old
-                        .session
-                        .send(Close {
-                            reason: ReasonCode::SessionTakenOver,
-                        })
-                        .await;
+                    let close = old.session.send(Close {
+                        reason: ReasonCode::SessionTakenOver,
+                    });
+                    tokio::pin!(close);
+                    if tokio::time::timeout(TAKEOVER_WAIT, &mut close)
+                        .await
+                        .is_err()
+                    {
+                        // Paused on a client that does not read: end it from its writer. Its
+                        // mailbox closes when it has stopped, which ends the wait.
+                        info!("take-over: the old connection is stalled; aborting it");
+                        old.abort.trigger();
+                        let _ = tokio::time::timeout(TAKEOVER_WAIT, close).await;
+                    }
                 })
             }
             None => Box::pin(async {}),

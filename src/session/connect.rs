@@ -106,6 +106,7 @@ impl Session {
             conn_id: self.conn_id,
             session: ctx.address().recipient(),
             deliveries: deliveries_tx,
+            abort: self.abort.clone(),
         };
         let record = RecordConnect {
             client_id: client_id.to_string(),

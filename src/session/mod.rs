@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 pub use error::SessionError;
+pub use send_timeout::Abort;
 use send_timeout::SendTimeout;
 
 use crate::acl::Acl;
@@ -117,6 +118,8 @@ pub struct Session {
     _slot: ConnectionSlot,
     writer: Writer,
     reader: Option<BoxedRead>,
+    /// Ends the connection from outside while the actor is paused on a full socket.
+    abort: Arc<Abort>,
     phase: Phase,
     client: Option<Client>,
     /// The receiving end of this client's delivery queue; `None` while the pump holds it.
@@ -142,11 +145,12 @@ impl Session {
         shared: Arc<Shared>,
         ctx: &mut Context<Session>,
     ) -> Session {
+        let abort = Arc::new(Abort::default());
         let (reader, writer): (Option<BoxedRead>, Option<BoxedWrite>) =
             match tokio::net::TcpStream::from_std(stream) {
                 Ok(s) => {
                     let (r, w) = s.into_split();
-                    let w = SendTimeout::new(w, shared.config.send_timeout());
+                    let w = SendTimeout::new(w, shared.config.send_timeout(), abort.clone());
                     (Some(Box::new(r)), Some(Box::new(w)))
                 }
                 Err(e) => {
@@ -162,6 +166,7 @@ impl Session {
             _slot: slot,
             writer: Writer::Unopened(writer),
             reader,
+            abort,
             phase: Phase::AwaitingConnect,
             client: None,
             deliveries: None,
@@ -444,6 +449,16 @@ impl StreamHandler<Result<Packet, DecodeError>> for Session {
 
 impl WriteHandler<EncodeError> for Session {
     fn error(&mut self, err: EncodeError, _: &mut Context<Self>) -> Running {
+        if matches!(&err, EncodeError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionAborted) {
+            // Taken over while paused on a client that does not read (see `Abort`): nothing
+            // more can be written to it. The Will goes to the Registry now, ahead of anything
+            // from the connection that took over.
+            self.end_reason = "taken over (the client was not reading)".into();
+            if let Some(will) = self.take_will() {
+                actix::spawn(self.will_publication(will));
+            }
+            return Running::Stop;
+        }
         warn!("{}: write failed: {err}", self.peer);
         self.end_reason = format!("write failed: {err}");
         Running::Stop
