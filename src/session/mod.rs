@@ -43,6 +43,9 @@ use crate::mqtt::{
 /// How long a closing connection may take to flush its last packet before it is dropped.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Initial capacity of the read buffer.
+const READ_BUFFER: usize = 512;
+
 type BoxedRead = Box<dyn AsyncRead + Unpin>;
 type BoxedWrite = Box<dyn AsyncWrite + Unpin>;
 type PacketWriter = FramedWrite<Packet, BoxedWrite, MqttCodec>;
@@ -386,7 +389,9 @@ impl Actor for Session {
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some(reader) = self.reader.take() {
             let codec = MqttCodec::server(self.shared.config.limits.max_packet_size);
-            ctx.add_stream(FramedRead::new(reader, codec));
+            // Small to start: most packets are small, and the buffer grows on demand; idle
+            // connections are the bulk of a broker's memory.
+            ctx.add_stream(FramedRead::with_capacity(reader, codec, READ_BUFFER));
         }
         ctx.run_later(self.shared.config.connect_timeout(), |act, ctx| {
             if act.phase == Phase::AwaitingConnect {
