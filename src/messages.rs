@@ -53,6 +53,9 @@ pub struct Register {
 #[rtype(result = "SubscribeReply")]
 pub struct Subscribe {
     pub client_id: Arc<str>,
+    /// Ignored unless this connection still owns the client id (a connection being taken
+    /// over must not add to its successor's subscriptions).
+    pub conn_id: u64,
     pub filters: Vec<(String, Subscription)>,
     pub max_subscriptions: usize,
 }
@@ -82,6 +85,8 @@ pub enum SubscribeOutcome {
 #[rtype(result = "Vec<bool>")]
 pub struct Unsubscribe {
     pub client_id: Arc<str>,
+    /// As in `Subscribe`.
+    pub conn_id: u64,
     pub filters: Vec<String>,
 }
 

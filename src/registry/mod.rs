@@ -84,6 +84,13 @@ impl Registry {
         }
     }
 
+    /// Whether connection `conn_id` is the one registered for `client_id`.
+    fn owns(&self, client_id: &str, conn_id: u64) -> bool {
+        self.clients
+            .get(client_id)
+            .is_some_and(|e| e.conn_id == conn_id)
+    }
+
     fn notify_if_drained(&mut self) {
         if self.shutting_down && self.clients.is_empty() {
             for waiter in self.shutdown_waiters.drain(..) {
@@ -190,11 +197,7 @@ impl Handler<Unregister> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
-        if self
-            .clients
-            .get(&msg.client_id)
-            .is_some_and(|e| e.conn_id == msg.conn_id)
-        {
+        if self.owns(&msg.client_id, msg.conn_id) {
             self.clients.remove(&msg.client_id);
             self.subscriptions.remove_client(&msg.client_id);
             debug!("client {:?}: unregistered", msg.client_id);
@@ -212,6 +215,10 @@ impl Handler<Subscribe> for Registry {
             outcomes: Vec::with_capacity(msg.filters.len()),
             retained: Vec::new(),
         };
+        if !self.owns(&msg.client_id, msg.conn_id) {
+            // From a connection already taken over; it is closing and needs no answer.
+            return MessageResult(reply);
+        }
         let mut matched = Vec::new();
         for (filter, subscription) in msg.filters {
             let options = subscription.options;
@@ -262,6 +269,9 @@ impl Handler<Unsubscribe> for Registry {
     type Result = MessageResult<Unsubscribe>;
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) -> Self::Result {
+        if !self.owns(&msg.client_id, msg.conn_id) {
+            return MessageResult(vec![false; msg.filters.len()]);
+        }
         MessageResult(
             msg.filters
                 .iter()

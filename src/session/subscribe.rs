@@ -66,6 +66,7 @@ impl Session {
         // `wait`: no other packet is handled until the SUBACK is written.
         let add = AddSubscriptions {
             client_id: client.client_id.clone(),
+            conn_id: self.conn_id,
             filters: granted,
             max_subscriptions: self.shared.config.limits.max_subscriptions_per_client,
         };
@@ -116,6 +117,7 @@ impl Session {
         let count = unsubscribe.filters.len();
         let remove = RemoveSubscriptions {
             client_id: client.client_id.clone(),
+            conn_id: self.conn_id,
             filters: unsubscribe.filters,
         };
         self.shared
