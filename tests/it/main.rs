@@ -10,6 +10,7 @@ mod connect;
 mod interop;
 mod lifecycle;
 mod limits;
+mod load;
 mod malformed;
 mod pubsub;
 mod retained;
