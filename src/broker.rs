@@ -1,5 +1,5 @@
 //! Starting and stopping a broker: the database, the Registry, the session Arbiters and one
-//! Listener per bound address.
+//! Listener per bound address; reloading the TLS listeners' certificates.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use crate::listener::Listener;
 use crate::messages::{Checkpoint, CloseOpenConnections, LoadRetained, Shutdown, StopAccepting};
 use crate::registry::Registry;
 use crate::stats::Counters;
+use crate::tls::{TlsAcceptor, TlsError};
 
 /// How long shutdown waits for sessions to send DISCONNECT 0x8B and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -45,6 +46,8 @@ pub struct Broker {
     pub counters: Arc<Counters>,
     listeners: Vec<Addr<Listener>>,
     arbiters: Vec<Arbiter>,
+    /// The TLS listeners' acceptors, by bound address, for `reload_tls`.
+    tls: Vec<(SocketAddr, Arc<TlsAcceptor>)>,
 }
 
 /// Starts a broker inside the current actix `System`: migrates the database, starts the
@@ -66,7 +69,8 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     let retained = db.send(LoadRetained).await??;
     info!("{} retained message(s) loaded", retained.len());
     let counters = Arc::new(Counters::default());
-    let registry = Registry::new(retained, counters.clone()).start();
+    let backlog_limit = config.limits.max_queued_messages;
+    let registry = Registry::new(retained, counters.clone(), backlog_limit).start();
     let shared = Arc::new(Shared {
         anonymous_allowed: config.anonymous_allowed(),
         registry: registry.clone(),
@@ -85,7 +89,16 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     let conn_ids = Arc::new(AtomicU64::new(unix_millis() as u64 * 1000));
     let mut listeners = Vec::new();
     let mut local_addrs = Vec::new();
-    for addr in shared.config.bind_addrs() {
+    let mut tls_acceptors = Vec::new();
+    for config in shared.config.effective_listeners() {
+        let addr = config.bind;
+        // Certificate problems are found before anything is bound.
+        let tls = match config.tls {
+            Some(files) => Some(Arc::new(
+                TlsAcceptor::new(files).map_err(|source| BrokerError::Tls { addr, source })?,
+            )),
+            None => None,
+        };
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| BrokerError::Bind { addr, source })?;
@@ -94,11 +107,16 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
             .map_err(|source| BrokerError::Bind { addr, source })?;
         info!("listening on {local}");
         local_addrs.push(local);
+        if let Some(tls) = &tls {
+            info!("{local}: TLS");
+            tls_acceptors.push((local, tls.clone()));
+        }
         listeners.push(Listener::start(
             listener,
             shared.clone(),
             handles.clone(),
             conn_ids.clone(),
+            tls,
         ));
     }
     Ok(Broker {
@@ -108,10 +126,28 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         counters,
         listeners,
         arbiters,
+        tls: tls_acceptors,
     })
 }
 
 impl Broker {
+    /// Reads every TLS listener's certificate, key, CA and CRL files again (SIGHUP). New
+    /// handshakes use the new files; open connections are not touched. A listener whose files
+    /// fail to load keeps its old configuration; the last such error is returned.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        let mut result = Ok(());
+        for (addr, acceptor) in &self.tls {
+            match acceptor.reload() {
+                Ok(()) => info!("{addr}: TLS certificates reloaded"),
+                Err(e) => {
+                    warn!("{addr}: TLS reload failed, keeping the previous certificates: {e}");
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+
     /// Clean shutdown: stop accepting, send DISCONNECT 0x8B to every client [MQTT-3.14.0-1 is
     /// respected: only clients past CONNACK get one], record the disconnect times, checkpoint
     /// the WAL and stop the session Arbiters.

@@ -48,6 +48,43 @@ pub enum AclDefault {
 pub struct ListenerConfig {
     /// `ADDR:PORT`; port 0 picks a free port.
     pub bind: SocketAddr,
+    /// Makes this a TLS listener.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+impl ListenerConfig {
+    /// A plain TCP listener.
+    pub fn tcp(bind: SocketAddr) -> ListenerConfig {
+        ListenerConfig { bind, tls: None }
+    }
+}
+
+/// A listener's `tls = { ... }` table. The files are read at start and again on reload (SIGHUP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the first certificate in `cert`.
+    pub key: PathBuf,
+    /// PEM CA certificates: when set, clients must present a certificate they issued (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// PEM certificate revocation lists for the client certificates (needs `client_ca`).
+    pub crl: Option<PathBuf>,
+    /// Takes the username from the verified client certificate (needs `client_ca`); the
+    /// CONNECT username is replaced and no password is checked.
+    pub identity_as_username: Option<CertIdentity>,
+}
+
+/// `identity_as_username = "cn" | "san"`: which part of the client certificate is the username.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertIdentity {
+    /// The subject's Common Name.
+    Cn,
+    /// The first DNS name of the Subject Alternative Name extension.
+    San,
 }
 
 /// The `[limits]` table.
@@ -209,15 +246,28 @@ impl Config {
         if self.db_threads == 0 {
             return invalid("db_threads", "must be at least 1");
         }
+        for tls in self.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+            if tls.client_ca.is_none() {
+                if tls.crl.is_some() {
+                    return invalid("listener.tls.crl", "needs listener.tls.client_ca");
+                }
+                if tls.identity_as_username.is_some() {
+                    return invalid(
+                        "listener.tls.identity_as_username",
+                        "needs listener.tls.client_ca",
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
-    /// The addresses to listen on: the configured ones, or the default loopback listener.
-    pub fn bind_addrs(&self) -> Vec<SocketAddr> {
+    /// The listeners to open: the configured ones, or the default plain loopback listener.
+    pub fn effective_listeners(&self) -> Vec<ListenerConfig> {
         if self.listeners.is_empty() {
-            vec![DEFAULT_BIND]
+            vec![ListenerConfig::tcp(DEFAULT_BIND)]
         } else {
-            self.listeners.iter().map(|l| l.bind).collect()
+            self.listeners.clone()
         }
     }
 
@@ -258,7 +308,10 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults_and_anonymous_on_loopback() {
         let c: Config = toml::from_str("").unwrap();
-        assert_eq!(c.bind_addrs(), vec![DEFAULT_BIND]);
+        let listeners = c.effective_listeners();
+        assert_eq!(listeners.len(), 1);
+        assert_eq!(listeners[0].bind, DEFAULT_BIND);
+        assert!(listeners[0].tls.is_none());
         assert!(c.anonymous_allowed());
         assert_eq!(c.limits.max_packet_size, 1024 * 1024);
         c.validate().unwrap();
@@ -282,6 +335,43 @@ mod tests {
             c.validate(),
             Err(ConfigError::Invalid {
                 key: "limits.receive_maximum",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn tls_listener_keys() {
+        let c: Config = toml::from_str(
+            "[[listener]]\nbind = \"0.0.0.0:8883\"\n\
+             tls = { cert = \"c.pem\", key = \"k.pem\", client_ca = \"ca.pem\", \
+             identity_as_username = \"cn\" }\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let tls = c.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(tls.identity_as_username, Some(CertIdentity::Cn));
+        // A client-certificate listener is a configured listener: anonymous stays off.
+        assert!(!c.anonymous_allowed());
+
+        let missing = toml::from_str::<Config>(
+            "[[listener]]\nbind = \"0.0.0.0:8883\"\ntls = { key = \"k.pem\" }\n",
+        )
+        .unwrap_err();
+        assert!(missing.to_string().contains("`cert`"), "{missing}");
+        let missing = toml::from_str::<Config>("[[listener]]\nbind = \"0.0.0.0:8883\"\ntls = {}\n")
+            .unwrap_err();
+        assert!(missing.to_string().contains("missing field"), "{missing}");
+
+        let c: Config = toml::from_str(
+            "[[listener]]\nbind = \"0.0.0.0:8883\"\n\
+             tls = { cert = \"c.pem\", key = \"k.pem\", identity_as_username = \"san\" }\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "listener.tls.identity_as_username",
                 ..
             })
         ));

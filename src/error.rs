@@ -12,6 +12,11 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("TLS listener {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: crate::tls::TlsError,
+    },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]

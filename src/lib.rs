@@ -7,7 +7,9 @@
 //!   (tokio-util `Decoder`/`Encoder`); it knows nothing of actors, sockets or SQL. This is the
 //!   only place where bytes become packets.
 //! - [`listener::Listener`] (actor, one per listening address): accepts TCP connections and
-//!   starts one `Session` per socket on one of N session Arbiters (threads), round-robin.
+//!   starts one `Session` per socket on one of N session Arbiters (threads), round-robin. On a
+//!   TLS listener the handshake ([`tls`]) runs first, on that Arbiter; the Session only gets the
+//!   split byte stream (and the client certificate's username, if the listener maps one).
 //! - [`session::Session`] (actor, one per connection): reads packets from a `FramedRead`,
 //!   handles them in one dispatch `match`, writes replies through a `FramedWrite`, runs the
 //!   connect and keep-alive timers. All errors go through one function that picks the
@@ -34,10 +36,10 @@
 //!
 //! # Life of a connection
 //!
-//! accept (Listener) -> Session started on an Arbiter -> CONNECT decoded -> validated ->
-//! `Authenticate` -> `LoadAcl` -> `Register` -> `RecordConnect` -> CONNACK -> packets ... ->
-//! DISCONNECT, keep-alive timeout, take-over or shutdown -> Will -> `Unregister` +
-//! `RecordDisconnect`.
+//! accept (Listener) -> [TLS handshake, on the Arbiter] -> Session started on an Arbiter ->
+//! CONNECT decoded -> validated -> `Authenticate` (skipped for a certificate identity) ->
+//! `LoadAcl` -> `Register` -> `RecordConnect` -> CONNACK -> packets ... -> DISCONNECT,
+//! keep-alive timeout, take-over or shutdown -> Will -> `Unregister` + `RecordDisconnect`.
 //!
 //! # Life of a message
 //!
@@ -67,6 +69,7 @@ pub mod mqtt;
 pub mod registry;
 pub mod session;
 pub mod stats;
+pub mod tls;
 
 pub use broker::{Broker, start};
 pub use config::Config;

@@ -1,5 +1,6 @@
 //! The Listener actor: accepts TCP connections and starts one Session actor per socket, spread
-//! round-robin over the session Arbiters (one thread each).
+//! round-robin over the session Arbiters (one thread each). On a TLS listener the handshake
+//! runs on the session's Arbiter too, so a slow one never holds up accepting.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,13 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
-use log::{debug, warn};
+use log::{debug, info, warn};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::admission::ConnectionSlot;
 use crate::broker::Shared;
 use crate::messages::StopAccepting;
-use crate::session::Session;
+use crate::session::{BoxedRead, BoxedWrite, Session};
+use crate::tls::TlsAcceptor;
 
 /// Pause after a failed accept (EMFILE, ENFILE, ENOBUFS...): retrying at once would spin, and
 /// the condition usually clears when connections close.
@@ -26,6 +28,8 @@ pub struct Listener {
     next_arbiter: usize,
     /// Shared by all listeners so connection ids are unique in the broker.
     conn_ids: Arc<AtomicU64>,
+    /// Set on a TLS listener.
+    tls: Option<Arc<TlsAcceptor>>,
 }
 
 impl Listener {
@@ -35,6 +39,7 @@ impl Listener {
         shared: Arc<Shared>,
         arbiters: Arc<[ArbiterHandle]>,
         conn_ids: Arc<AtomicU64>,
+        tls: Option<Arc<TlsAcceptor>>,
     ) -> Addr<Listener> {
         Listener::create(move |ctx| {
             // Unlike `while let Ok(..) = accept()`, an accept error is yielded as an item and
@@ -51,6 +56,7 @@ impl Listener {
                 arbiters,
                 next_arbiter: 0,
                 conn_ids,
+                tls,
             }
         })
     }
@@ -73,9 +79,37 @@ impl Listener {
         let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
         self.next_arbiter = self.next_arbiter.wrapping_add(1);
         let shared = self.shared.clone();
-        Session::start_in_arbiter(arbiter, move |ctx| {
-            Session::from_std_tcp(std_stream, peer, conn_id, slot, shared, ctx)
+        let tls = self.tls.clone();
+        let started = arbiter.spawn(async move {
+            let stream = match TcpStream::from_std(std_stream) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    warn!("{peer}: cannot register the socket: {e}");
+                    return;
+                }
+            };
+            let (reader, writer, cert_username): (BoxedRead, BoxedWrite, _) = match tls {
+                None => {
+                    let (r, w) = stream.into_split();
+                    (Box::new(r), Box::new(w), None)
+                }
+                // The slot is held through the handshake, which the connect timeout bounds.
+                Some(tls) => match tls.accept(stream, shared.config.connect_timeout()).await {
+                    Ok((stream, cert_username)) => {
+                        let (r, w) = tokio::io::split(stream);
+                        (Box::new(r), Box::new(w), cert_username)
+                    }
+                    Err(e) => {
+                        info!("{peer}: {e}");
+                        return;
+                    }
+                },
+            };
+            Session::new(reader, writer, peer, conn_id, slot, shared, cert_username).start();
         });
+        if !started {
+            warn!("{peer}: the session Arbiter has stopped; connection dropped");
+        }
         Ok(())
     }
 }

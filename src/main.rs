@@ -131,7 +131,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         config.listeners = cli
             .bind
             .into_iter()
-            .map(|bind| mqttd::config::ListenerConfig { bind })
+            .map(mqttd::config::ListenerConfig::tcp)
             .collect();
     }
     let db_path = config.db_path.to_string_lossy().into_owned();
@@ -189,23 +189,35 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-/// Runs the broker until SIGINT or SIGTERM, then shuts it down cleanly.
+/// Runs the broker until SIGINT or SIGTERM, then shuts it down cleanly. SIGHUP reloads the TLS
+/// certificates.
 fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let system = actix::System::new();
     system.block_on(async move {
         let broker = mqttd::start(config).await?;
-        wait_for_signal().await?;
+        wait_for_signal(&broker).await?;
         info!("shutting down");
         broker.shutdown().await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = terminate.recv() => Ok(()),
+async fn wait_for_signal(broker: &mqttd::Broker) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Streams made once, so a signal arriving during a reload is not missed.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+            _ = hangup.recv() => {
+                info!("SIGHUP: reloading TLS certificates");
+                // Failures are logged per listener, which keeps its previous certificates.
+                let _ = broker.reload_tls();
+            }
+        }
     }
 }
 

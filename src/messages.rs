@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::acl::AclRule;
 use crate::db::DbError;
@@ -97,6 +97,9 @@ pub struct Unsubscribe {
 #[rtype(result = "()")]
 pub struct Publish {
     pub message: Arc<AppMessage>,
+    /// Completed (or dropped) once every delivery of the message is in its subscriber's queue:
+    /// the publisher's PUBACK/PUBREC waits for it. `None` when nobody waits (QoS 0, Wills).
+    pub ack: Option<oneshot::Sender<()>>,
 }
 
 /// Session -> Registry: this connection has ended. Ignored unless `conn_id` still owns the id

@@ -2,14 +2,25 @@
 //! retained messages, and routing between them.
 //!
 //! It is the single authority for take-over [MQTT-3.1.4-3]: a new connection registers first
-//! and the old one is told to close, so two live connections never share an id. Fan-out is
-//! bounded: each session has a bounded delivery queue that the Registry only `try_send`s into;
-//! when it is full the message is dropped for that subscriber and counted (drop-new).
+//! and the old one is told to close, so two live connections never share an id.
+//!
+//! Fan-out is bounded and never blocks the Registry: each session has a bounded delivery queue
+//! that the Registry only `try_send`s into. When a subscriber's queue is full, its deliveries
+//! wait in order in a bounded backlog here, and the publishers of QoS 1/2 messages in it get
+//! their PUBACK/PUBREC only once their message is in the queue: a subscriber that is merely
+//! slower than its publishers slows them down instead of losing acknowledged messages. A
+//! subscriber that takes nothing for `HOLD_LIMIT` is treated as stuck: its publishers are
+//! released at once, and what no longer fits its backlog is dropped (drop-new) and counted, so
+//! one stuck client cannot stall the others. The backlog holds at most `max_queued_messages`
+//! deliveries that hold no acknowledgement (QoS 0, or for a stuck subscriber); those that do
+//! are bounded by their publishers' Receive Maximum.
 
 pub mod retained;
 pub mod subscriptions;
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +45,50 @@ struct Entry {
     session: Recipient<Close>,
     deliveries: mpsc::Sender<Delivery>,
     abort: Arc<Abort>,
+    /// Deliveries waiting for room in `deliveries`, in order.
+    backlog: VecDeque<Held>,
+    /// A future is waiting for room in `deliveries` to move the backlog on.
+    draining: bool,
+    /// The backlog has not moved for `HOLD_LIMIT`: its publishers were released.
+    stuck: bool,
+}
+
+impl Entry {
+    fn new(
+        conn_id: u64,
+        session: Recipient<Close>,
+        deliveries: mpsc::Sender<Delivery>,
+        abort: Arc<Abort>,
+    ) -> Entry {
+        Entry {
+            conn_id,
+            session,
+            deliveries,
+            abort,
+            backlog: VecDeque::new(),
+            draining: false,
+            stuck: false,
+        }
+    }
+}
+
+/// A delivery in a backlog, with the acknowledgement its publisher waits for.
+struct Held {
+    delivery: Delivery,
+    ack: Option<Rc<AckGroup>>,
+}
+
+/// One published message's deliveries that have not reached their queues yet; the publisher's
+/// acknowledgement is released when the last one has (or when its holder is dropped: a
+/// subscriber that went away, or one found stuck).
+struct AckGroup(Cell<Option<oneshot::Sender<()>>>);
+
+impl Drop for AckGroup {
+    fn drop(&mut self) {
+        if let Some(reply) = self.0.take() {
+            let _ = reply.send(());
+        }
+    }
 }
 
 /// Holds the active clients, their subscriptions and the retained messages.
@@ -44,6 +99,8 @@ pub struct Registry {
     counters: Arc<Counters>,
     /// Reused by every `route` call, so routing does not allocate a Vec per message.
     routes: Vec<Route>,
+    /// Most deliveries one subscriber's backlog holds (`max_queued_messages`).
+    backlog_limit: usize,
     /// Replies owed to `Shutdown` callers, sent when the last client has unregistered.
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     shutting_down: bool,
@@ -52,6 +109,9 @@ pub struct Registry {
 /// How long a new connection waits for the one it takes over to close by itself (and then
 /// again after aborting it).
 const TAKEOVER_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a backlog may stand still before its subscriber is treated as stuck.
+const HOLD_LIMIT: Duration = Duration::from_millis(500);
 
 /// Room for messages from sessions. A session whose `try_send` finds it full waits for room and
 /// stops reading its socket meanwhile; a larger mailbox only absorbs bursts.
@@ -67,7 +127,11 @@ impl Actor for Registry {
 
 impl Registry {
     /// A registry holding the retained messages loaded from the database.
-    pub fn new(retained_messages: Vec<AppMessage>, counters: Arc<Counters>) -> Registry {
+    pub fn new(
+        retained_messages: Vec<AppMessage>,
+        counters: Arc<Counters>,
+        backlog_limit: usize,
+    ) -> Registry {
         let mut retained = RetainedStore::new();
         for message in retained_messages {
             let topic = message.topic.clone();
@@ -79,6 +143,7 @@ impl Registry {
             retained,
             counters,
             routes: Vec::new(),
+            backlog_limit,
             shutdown_waiters: Vec::new(),
             shutting_down: false,
         }
@@ -99,23 +164,115 @@ impl Registry {
         }
     }
 
-    /// Queues a delivery without waiting: a full queue drops it (drop-new) and counts it.
-    fn offer(&self, deliveries: &mpsc::Sender<Delivery>, delivery: Delivery) {
-        let qos = delivery.qos;
-        if let Err(mpsc::error::TrySendError::Full(d)) = deliveries.try_send(delivery) {
-            debug!(
-                "queue full: dropped a QoS {} message on {:?}",
-                qos as u8, d.message.topic
-            );
-            if qos == QoS::AtMostOnce {
-                Counters::add(&self.counters.dropped_qos0);
-            } else {
-                Counters::add(&self.counters.dropped_queue_full);
-            }
+    fn count_drop(&self, delivery: &Delivery) {
+        debug!(
+            "dropped a QoS {} message on {:?}",
+            delivery.qos as u8, delivery.message.topic
+        );
+        if delivery.qos == QoS::AtMostOnce {
+            Counters::add(&self.counters.dropped_qos0);
+        } else {
+            Counters::add(&self.counters.dropped_queue_full);
         }
     }
 
-    fn route(&mut self, message: &Arc<AppMessage>) {
+    /// Queues a delivery for `client` without waiting: into its queue if nothing is waiting
+    /// before it and there is room, else at the end of its backlog (holding `ack` while the
+    /// subscriber is not stuck), else nowhere (dropped and counted).
+    fn offer(
+        &mut self,
+        client: &Arc<str>,
+        delivery: Delivery,
+        ack: &Rc<AckGroup>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(entry) = self.clients.get_mut(client) else {
+            return;
+        };
+        let delivery = if entry.backlog.is_empty() {
+            match entry.deliveries.try_send(delivery) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Full(delivery)) => delivery,
+            }
+        } else {
+            delivery
+        };
+        // A delivery that holds its publisher's acknowledgement is bounded by that publisher's
+        // Receive Maximum, so only the others count against the backlog limit.
+        let hold = delivery.qos != QoS::AtMostOnce && !entry.stuck;
+        if !hold && entry.backlog.len() >= self.backlog_limit {
+            self.count_drop(&delivery);
+            return;
+        }
+        let ack = hold.then(|| ack.clone());
+        entry.backlog.push_back(Held { delivery, ack });
+        if !entry.draining {
+            entry.draining = true;
+            let conn_id = entry.conn_id;
+            self.drain(client.clone(), conn_id, ctx);
+        }
+    }
+
+    /// Waits for room in `client`'s queue, then moves its backlog on; gives up holding the
+    /// publishers if no room comes within `HOLD_LIMIT`.
+    fn drain(&mut self, client: Arc<str>, conn_id: u64, ctx: &mut Context<Self>) {
+        let Some(entry) = self.clients.get(&client).filter(|e| e.conn_id == conn_id) else {
+            return;
+        };
+        let room = tokio::time::timeout(HOLD_LIMIT, entry.deliveries.clone().reserve_owned());
+        room.into_actor(self)
+            .map(move |room, act, ctx| {
+                let Some(entry) = act
+                    .clients
+                    .get_mut(&client)
+                    .filter(|e| e.conn_id == conn_id)
+                else {
+                    return;
+                };
+                match room {
+                    // The session is gone; its entry goes with its Unregister.
+                    Ok(Err(_)) => entry.draining = false,
+                    Err(_) => {
+                        // Stuck: release every publisher held here; the deliveries stay
+                        // queued and nothing more is held for this subscriber.
+                        entry.stuck = true;
+                        for held in &mut entry.backlog {
+                            held.ack = None;
+                        }
+                        act.drain(client, conn_id, ctx);
+                    }
+                    Ok(Ok(permit)) => {
+                        entry.stuck = false;
+                        if let Some(held) = entry.backlog.pop_front() {
+                            permit.send(held.delivery);
+                        }
+                        while let Some(held) = entry.backlog.pop_front() {
+                            match entry.deliveries.try_send(held.delivery) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(delivery))
+                                | Err(mpsc::error::TrySendError::Closed(delivery)) => {
+                                    entry.backlog.push_front(Held {
+                                        delivery,
+                                        ack: held.ack,
+                                    });
+                                    break;
+                                }
+                            }
+                        }
+                        if entry.backlog.is_empty() {
+                            entry.draining = false;
+                        } else {
+                            act.drain(client, conn_id, ctx);
+                        }
+                    }
+                }
+            })
+            .spawn(ctx);
+    }
+
+    /// Routes a message; `ack` is released (dropped) once every delivery is in a queue.
+    fn route(&mut self, message: &Arc<AppMessage>, ack: &Rc<AckGroup>, ctx: &mut Context<Self>) {
         if message.remaining_expiry(unix_millis()) == Some(0) {
             Counters::add(&self.counters.dropped_expired);
             return;
@@ -124,16 +281,13 @@ impl Registry {
         self.subscriptions
             .route(&message.topic, &message.publisher, &mut routes);
         for route in routes.drain(..) {
-            let Some(entry) = self.clients.get(&route.client) else {
-                continue;
-            };
             let delivery = Delivery {
                 message: message.clone(),
                 qos: message.qos.min(route.qos),
                 retain: message.retain && route.retain_as_published,
                 subscription_ids: route.subscription_ids,
             };
-            self.offer(&entry.deliveries, delivery);
+            self.offer(&route.client, delivery, ack, ctx);
         }
         self.routes = routes;
     }
@@ -154,12 +308,7 @@ impl Handler<Register> for Registry {
                     .await;
             });
         }
-        let new = Entry {
-            conn_id: msg.conn_id,
-            session: msg.session,
-            deliveries: msg.deliveries,
-            abort: msg.abort,
-        };
+        let new = Entry::new(msg.conn_id, msg.session, msg.deliveries, msg.abort);
         match self.clients.insert(msg.client_id.clone(), new) {
             Some(old) => {
                 info!(
@@ -284,7 +433,7 @@ impl Handler<Unsubscribe> for Registry {
 impl Handler<Publish> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) {
         let message = msg.message;
         if message.retain {
             // [MQTT-3.3.1-6] [MQTT-3.3.1-7]: an empty payload clears the topic's retained
@@ -296,7 +445,9 @@ impl Handler<Publish> for Registry {
                     .insert(&message.topic.clone(), message.clone());
             }
         }
-        self.route(&message);
+        // Dropped at the end of this handler unless a backlog holds on to it.
+        let ack = Rc::new(AckGroup(Cell::new(msg.ack)));
+        self.route(&message, &ack, ctx);
     }
 }
 

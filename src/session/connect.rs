@@ -26,11 +26,17 @@ struct Accepted {
 impl Session {
     pub(super) fn on_connect(
         &mut self,
-        connect: Connect,
+        mut connect: Connect,
         ctx: &mut Context<Self>,
     ) -> Result<(), SessionError> {
         if self.phase != Phase::AwaitingConnect {
             return Err(SessionError::SecondConnect);
+        }
+        // A verified client certificate is the identity (Mosquitto's use_identity_as_username):
+        // it replaces the CONNECT username and stands in for the password.
+        let cert_authenticated = self.cert_username.is_some();
+        if let Some(name) = &self.cert_username {
+            connect.username = Some(name.clone());
         }
         let version = connect.protocol;
         self.open_writer(version, ctx);
@@ -127,7 +133,7 @@ impl Session {
         // `wait` holds back every other packet and message until this resolves: nothing
         // pipelined after CONNECT is handled before the client is accepted [MQTT-3.1.4-2].
         async move {
-            if let Some(username) = username {
+            if let Some(username) = username.filter(|_| !cert_authenticated) {
                 match db.send(Authenticate { username, password }).await {
                     Ok(Ok(true)) => {}
                     Ok(Ok(false)) => return Err(SessionError::BadCredentials),

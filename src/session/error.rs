@@ -42,7 +42,7 @@ pub enum SessionError {
     EmptyTopic,
     #[error("[MQTT-3.3.4-6] a client PUBLISH carries a Subscription Identifier")]
     SubscriptionIdentifierInPublish,
-    #[error("§3.3.4 more than Receive Maximum ({0}) QoS 2 publications awaiting PUBREL")]
+    #[error("§3.3.4 more than Receive Maximum ({0}) QoS 1/2 publications unacknowledged")]
     ReceiveMaximumExceeded(u16),
     #[error("§3.14.2.2.2 DISCONNECT sets a Session Expiry after CONNECT set 0")]
     SessionExpiryAfterZero,

@@ -37,7 +37,7 @@ use crate::message::Delivery;
 use crate::messages::{Close, RecordDisconnect, Unregister};
 use crate::mqtt::{
     ConnAck, Connect, DecodeError, Disconnect, EncodeError, MqttCodec, Packet, ProtocolVersion,
-    ReasonCode, Will,
+    QoS, ReasonCode, Will,
 };
 
 /// How long a closing connection may take to flush its last packet before it is dropped.
@@ -46,8 +46,8 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Initial capacity of the read buffer.
 const READ_BUFFER: usize = 512;
 
-type BoxedRead = Box<dyn AsyncRead + Unpin>;
-type BoxedWrite = Box<dyn AsyncWrite + Unpin>;
+pub type BoxedRead = Box<dyn AsyncRead + Unpin>;
+pub type BoxedWrite = Box<dyn AsyncWrite + Unpin>;
 type PacketWriter = FramedWrite<Packet, BoxedWrite, MqttCodec>;
 
 /// The writing half: nothing may be written before CONNECT tells the protocol version.
@@ -77,6 +77,23 @@ enum Outbound {
     Qos2Sent,
     /// PUBREL sent, waiting for PUBCOMP.
     Released,
+}
+
+/// An acknowledgement (PUBACK/PUBREC) owed to the client, in arrival order.
+struct PendingAck {
+    qos: QoS,
+    packet_id: u16,
+    reason: ReasonCode,
+    state: AckState,
+}
+
+enum AckState {
+    /// Can be sent as soon as those before it are.
+    Ready,
+    /// Waits until the Registry has queued every delivery of the message.
+    Routing(tokio::sync::oneshot::Receiver<()>),
+    /// A future of this session is waiting on the Registry for it.
+    Waiting,
 }
 
 /// What the session knows once CONNECT was read.
@@ -123,12 +140,18 @@ pub struct Session {
     reader: Option<BoxedRead>,
     /// Ends the connection from outside while the actor is paused on a full socket.
     abort: Arc<Abort>,
+    /// The username proven by the client certificate (`identity_as_username`), if any.
+    cert_username: Option<String>,
     phase: Phase,
     client: Option<Client>,
     /// The receiving end of this client's delivery queue; `None` while the pump holds it.
     deliveries: Option<mpsc::Receiver<Delivery>>,
     /// A pump future is waiting on `deliveries`.
     pumping: bool,
+    /// Acknowledgements owed to the client, in the order its PUBLISH packets arrived.
+    acks: VecDeque<PendingAck>,
+    /// QoS 1 messages received and not yet acknowledged (part of the Receive Maximum count).
+    pending_qos1: usize,
     /// Deliveries that cannot be written yet (Receive Maximum reached): at most one pump batch
     /// from the queue, plus the retained messages of a new subscription (shared `Arc`s).
     pending: VecDeque<Delivery>,
@@ -139,41 +162,36 @@ pub struct Session {
 }
 
 impl Session {
-    /// Builds a session for an accepted TCP socket; runs on the Arbiter that will own it.
-    pub fn from_std_tcp(
-        stream: std::net::TcpStream,
+    /// Builds a session for an accepted connection from the two halves of its byte stream
+    /// (plain TCP or TLS: the session does not know which); runs on the Arbiter that will own
+    /// it. `cert_username` is the client certificate's identity on a listener with
+    /// `identity_as_username`: it replaces the CONNECT username, and no password is checked.
+    pub fn new(
+        reader: BoxedRead,
+        writer: BoxedWrite,
         peer: SocketAddr,
         conn_id: u64,
         slot: ConnectionSlot,
         shared: Arc<Shared>,
-        ctx: &mut Context<Session>,
+        cert_username: Option<String>,
     ) -> Session {
         let abort = Arc::new(Abort::default());
-        let (reader, writer): (Option<BoxedRead>, Option<BoxedWrite>) =
-            match tokio::net::TcpStream::from_std(stream) {
-                Ok(s) => {
-                    let (r, w) = s.into_split();
-                    let w = SendTimeout::new(w, shared.config.send_timeout(), abort.clone());
-                    (Some(Box::new(r)), Some(Box::new(w)))
-                }
-                Err(e) => {
-                    warn!("{peer}: cannot register the socket: {e}");
-                    ctx.stop();
-                    (None, None)
-                }
-            };
+        let writer = SendTimeout::new(writer, shared.config.send_timeout(), abort.clone());
         Session {
             conn_id,
             peer,
             shared,
             _slot: slot,
-            writer: Writer::Unopened(writer),
-            reader,
+            writer: Writer::Unopened(Some(Box::new(writer))),
+            reader: Some(reader),
             abort,
+            cert_username,
             phase: Phase::AwaitingConnect,
             client: None,
             deliveries: None,
             pumping: false,
+            acks: VecDeque::new(),
+            pending_qos1: 0,
             pending: VecDeque::new(),
             last_packet: Instant::now(),
             end_reason: "connection closed".into(),
@@ -464,7 +482,16 @@ impl WriteHandler<EncodeError> for Session {
             }
             return Running::Stop;
         }
-        warn!("{}: write failed: {err}", self.peer);
+        // A client that went away with data still owed to it is normal, not worth a warning.
+        let gone = matches!(&err, EncodeError::Io(e) if matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ));
+        if gone {
+            debug!("{}: write failed: {err}", self.peer);
+        } else {
+            warn!("{}: write failed: {err}", self.peer);
+        }
         self.end_reason = format!("write failed: {err}");
         Running::Stop
     }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 use log::{debug, warn};
 
-use super::{Outbound, Session, SessionError};
+use tokio::sync::oneshot;
+
+use super::{AckState, Outbound, PendingAck, Session, SessionError};
 use crate::acl::AclAction;
 use crate::clock::unix_millis;
 use crate::message::AppMessage;
@@ -60,14 +62,15 @@ impl Session {
             (None, true) => return Err(SessionError::EmptyTopic),
         };
         let (qos, packet_id) = (publish.qos, publish.packet_id.unwrap_or(0));
-        if qos == QoS::ExactlyOnce {
-            if client.awaiting_rel.contains(&packet_id) {
-                self.acknowledge(qos, packet_id, ReasonCode::Success);
-                return Ok(());
-            }
-            if client.awaiting_rel.len() >= usize::from(receive_maximum) {
-                return Err(SessionError::ReceiveMaximumExceeded(receive_maximum));
-            }
+        if qos == QoS::ExactlyOnce && client.awaiting_rel.contains(&packet_id) {
+            self.acknowledge(qos, packet_id, ReasonCode::Success);
+            return Ok(());
+        }
+        // Unacknowledged QoS 1/2 from this client: QoS 2 until PUBREL, QoS 1 until its PUBACK
+        // is sent (which waits for routing, see `acknowledge_when_routed`).
+        let unacknowledged = client.awaiting_rel.len() + self.pending_qos1;
+        if qos != QoS::AtMostOnce && unacknowledged >= usize::from(receive_maximum) {
+            return Err(SessionError::ReceiveMaximumExceeded(receive_maximum));
         }
         // Clients may not write the broker's own topics (§4.7.2), nor what the ACL forbids.
         if topic.starts_with("$SYS") || !client.acl.allows(AclAction::Publish, &topic) {
@@ -98,10 +101,7 @@ impl Session {
                 })
                 .into_actor(self)
                 .map(move |result, act, ctx| match result {
-                    Ok(Ok(())) => {
-                        act.route(message, ctx);
-                        act.acknowledge(qos, packet_id, ReasonCode::Success);
-                    }
+                    Ok(Ok(())) => act.route_and_acknowledge(message, packet_id, ctx),
                     Ok(Err(e)) => {
                         warn!("storing a retained message failed: {e}");
                         act.acknowledge(qos, packet_id, ReasonCode::UnspecifiedError);
@@ -113,16 +113,52 @@ impl Session {
                 })
                 .wait(ctx);
         } else {
-            self.route(message, ctx);
-            self.acknowledge(qos, packet_id, ReasonCode::Success);
+            self.route_and_acknowledge(message, packet_id, ctx);
         }
         Ok(())
     }
 
+    /// Routes a message and acknowledges it (QoS 1/2) once the Registry has put it in every
+    /// subscriber's queue.
+    fn route_and_acknowledge(
+        &mut self,
+        message: Arc<AppMessage>,
+        packet_id: u16,
+        ctx: &mut Context<Self>,
+    ) {
+        let qos = message.qos;
+        if qos == QoS::AtMostOnce {
+            self.route(message, None, ctx);
+            return;
+        }
+        if qos == QoS::ExactlyOnce
+            && let Some(client) = self.client.as_mut()
+        {
+            // Known from now on, so a re-sent PUBLISH is not routed twice [MQTT-4.3.3-10].
+            client.awaiting_rel.insert(packet_id);
+        } else {
+            self.pending_qos1 += 1;
+        }
+        let (routed, when_routed) = oneshot::channel();
+        self.route(message, Some(routed), ctx);
+        self.acks.push_back(PendingAck {
+            qos,
+            packet_id,
+            reason: ReasonCode::Success,
+            state: AckState::Routing(when_routed),
+        });
+        self.flush_acks(ctx);
+    }
+
     /// Hands a message to the Registry. When its mailbox is full the session waits for room
     /// and reads nothing meanwhile: backpressure reaches the publisher through TCP.
-    pub(super) fn route(&mut self, message: Arc<AppMessage>, ctx: &mut Context<Self>) {
-        match self.shared.registry.try_send(RoutePublish { message }) {
+    fn route(
+        &mut self,
+        message: Arc<AppMessage>,
+        ack: Option<oneshot::Sender<()>>,
+        ctx: &mut Context<Self>,
+    ) {
+        match self.shared.registry.try_send(RoutePublish { message, ack }) {
             Ok(()) => {}
             Err(SendError::Full(msg)) => {
                 self.shared
@@ -136,23 +172,72 @@ impl Session {
         }
     }
 
-    /// PUBACK for QoS 1, PUBREC for QoS 2 (remembering the id until PUBREL unless refused).
+    /// PUBACK for QoS 1, PUBREC for QoS 2, in the order the PUBLISH packets arrived
+    /// [MQTT-4.6.0-2] [MQTT-4.6.0-3]: behind any acknowledgement still waiting for routing.
     fn acknowledge(&mut self, qos: QoS, packet_id: u16, reason: ReasonCode) {
+        if qos == QoS::AtMostOnce {
+            return;
+        }
+        if self.acks.is_empty() {
+            self.send_ack(qos, packet_id, reason);
+        } else {
+            self.acks.push_back(PendingAck {
+                qos,
+                packet_id,
+                reason,
+                state: AckState::Ready,
+            });
+        }
+    }
+
+    fn send_ack(&mut self, qos: QoS, packet_id: u16, reason: ReasonCode) {
         let ack = Ack {
             packet_id,
             reason,
             properties: Properties::default(),
         };
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(Packet::PubAck(ack)),
-            QoS::ExactlyOnce => {
-                if let Some(client) = self.client.as_mut()
-                    && !reason.is_failure()
-                {
-                    client.awaiting_rel.insert(packet_id);
+        if qos == QoS::AtLeastOnce {
+            self.send(Packet::PubAck(ack));
+        } else {
+            self.send(Packet::PubRec(ack));
+        }
+    }
+
+    /// Sends the acknowledgements at the front of `acks` whose messages are routed, and waits
+    /// (without holding up the session) for the first one that is not.
+    fn flush_acks(&mut self, ctx: &mut Context<Self>) {
+        while let Some(front) = self.acks.front_mut() {
+            match &mut front.state {
+                AckState::Ready => {}
+                AckState::Waiting => return,
+                AckState::Routing(when_routed) => match when_routed.try_recv() {
+                    // Closed: the Registry dropped it (a subscriber went away): routed as far
+                    // as it ever will be.
+                    Ok(()) | Err(oneshot::error::TryRecvError::Closed) => {}
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        let AckState::Routing(when_routed) =
+                            std::mem::replace(&mut front.state, AckState::Waiting)
+                        else {
+                            return;
+                        };
+                        when_routed
+                            .into_actor(self)
+                            .map(|_, act, ctx| {
+                                if let Some(front) = act.acks.front_mut() {
+                                    front.state = AckState::Ready;
+                                }
+                                act.flush_acks(ctx);
+                            })
+                            .spawn(ctx);
+                        return;
+                    }
+                },
+            }
+            if let Some(ack) = self.acks.pop_front() {
+                if ack.qos == QoS::AtLeastOnce && ack.reason == ReasonCode::Success {
+                    self.pending_qos1 = self.pending_qos1.saturating_sub(1);
                 }
-                self.send(Packet::PubRec(ack));
+                self.send_ack(ack.qos, ack.packet_id, ack.reason);
             }
         }
     }
@@ -292,7 +377,12 @@ impl Session {
                     Err(e) => warn!("database actor unavailable: {e}"),
                 }
             }
-            let _ = registry.send(RoutePublish { message: will }).await;
+            let _ = registry
+                .send(RoutePublish {
+                    message: will,
+                    ack: None,
+                })
+                .await;
         }
     }
 }

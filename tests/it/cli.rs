@@ -63,7 +63,7 @@ fn spawn_daemon(args: &[&str]) -> (Child, SocketAddr) {
     spawn_daemon_with(Command::new(env!("CARGO_BIN_EXE_mqttd")).args(args))
 }
 
-fn spawn_daemon_with(command: &mut Command) -> (Child, SocketAddr) {
+pub(crate) fn spawn_daemon_with(command: &mut Command) -> (Child, SocketAddr) {
     let mut child = command
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())

@@ -82,7 +82,7 @@ async fn rumqttc_v5_connects_and_is_taken_over() {
 
 /// Whether Mosquitto's clients are installed. .ci/run installs them and sets
 /// MQTTD_REQUIRE_INTEROP, so there a missing client fails instead of skipping.
-fn mosquitto_pub_available() -> bool {
+pub(crate) fn mosquitto_pub_available() -> bool {
     let found = Command::new("mosquitto_pub").arg("--help").output().is_ok();
     if !found {
         assert!(

@@ -14,4 +14,5 @@ mod load;
 mod malformed;
 mod pubsub;
 mod retained;
+mod tls;
 mod will;

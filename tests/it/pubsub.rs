@@ -618,9 +618,10 @@ async fn a_full_subscriber_queue_drops_new_messages_and_counts_them() {
     // The Registry handles a session's messages in order: once this SUBSCRIBE is answered,
     // every PUBLISH before it has been routed and the counter is final.
     subscribe(&mut publisher, 99, &[("sync", options(QoS::AtMostOnce))]).await;
-    // One message in flight, at most one pump batch pending, five queued: the rest dropped.
+    // One message in flight, at most one pump batch pending, five queued and five in the
+    // Registry's backlog: the rest dropped once the subscriber was found stuck.
     let dropped = broker.counters.dropped_queue_full.load(Ordering::Relaxed);
-    assert!(dropped >= 40 - 1 - 16 - 5, "dropped {dropped}");
+    assert!(dropped >= 40 - 1 - 16 - 5 - 5, "dropped {dropped}");
     // The subscriber is not harmed: it gets what was kept, in order.
     let mut received = 0;
     let mut last = Vec::new();
@@ -908,4 +909,56 @@ async fn a_wildcard_subscription_gets_every_retained_message_beyond_the_queue_li
     }
     assert_eq!(topics.len(), usize::from(TOPICS));
     assert_eq!(broker.counters.dropped_qos0.load(Ordering::Relaxed), 0);
+}
+
+/// A subscriber that is only slower than its publisher (it reads, but one message at a time)
+/// slows the publisher down instead of losing messages the broker acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_slows_its_publisher_instead_of_losing_acknowledged_messages() {
+    const N: u16 = 300;
+    let broker = start_broker_with(|c| c.limits.max_queued_messages = 4);
+    let Packet::Connect(mut c) = connect(V5, "slowpoke") else {
+        unreachable!()
+    };
+    c.properties.receive_maximum = Some(1);
+    let mut sub = Client::open(broker.addr, V5).await;
+    sub.send(Packet::Connect(c)).await;
+    assert!(matches!(sub.recv().await, Some(Ok(Packet::ConnAck(_)))));
+    subscribe(&mut sub, 1, &[("slow", options(QoS::AtLeastOnce))]).await;
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while seen.len() < usize::from(N) {
+            let p = next_publish(&mut sub).await;
+            sub.send(Packet::PubAck(ack(
+                p.packet_id.unwrap(),
+                ReasonCode::Success,
+            )))
+            .await;
+            seen.push(u16::from_be_bytes(p.payload[..2].try_into().unwrap()));
+        }
+        seen
+    });
+    let mut publisher = Client::connected(broker.addr, V5, "fast").await;
+    // All sent before any PUBACK is read: the broker's Receive Maximum (100) is the window.
+    let (mut sent, mut acked) = (0u16, 0u16);
+    while acked < N {
+        while sent < N && sent - acked < 50 {
+            sent += 1;
+            let mut p = publish("slow", QoS::AtLeastOnce, Some(sent), b"");
+            p.payload = Bytes::copy_from_slice(&sent.to_be_bytes());
+            publisher.send(Packet::Publish(Box::new(p))).await;
+        }
+        match publisher.recv().await {
+            Some(Ok(Packet::PubAck(a))) => {
+                acked += 1;
+                assert_eq!(a.packet_id, acked, "[MQTT-4.6.0-2] PUBACKs in order");
+            }
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    assert_eq!(reader.await.unwrap(), (1..=N).collect::<Vec<_>>());
+    assert_eq!(
+        broker.counters.dropped_queue_full.load(Ordering::Relaxed),
+        0
+    );
 }

@@ -48,9 +48,9 @@ pub fn start_broker_with(adjust: impl FnOnce(&mut Config)) -> TestBroker {
 /// A broker on a given database file (to restart on the same file).
 pub fn start_broker_on(db_path: PathBuf, adjust: impl FnOnce(&mut Config)) -> TestBroker {
     let mut config = Config {
-        listeners: vec![mqttd::config::ListenerConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
+        listeners: vec![mqttd::config::ListenerConfig::tcp(
+            "127.0.0.1:0".parse().unwrap(),
+        )],
         db_path: db_path.clone(),
         allow_anonymous: Some(true),
         workers: 2,
