@@ -103,7 +103,7 @@ pub struct Limits {
     pub max_keep_alive: u16,
     /// Seconds a new connection may take to complete CONNECT before it is closed.
     pub connect_timeout: u64,
-    /// Receive Maximum announced in CONNACK: QoS 2 messages a client may have awaiting PUBREL.
+    /// Receive Maximum announced in CONNACK: unacknowledged QoS 1/2 messages a client may have.
     pub receive_maximum: u16,
     /// Longest client identifier accepted, in bytes (1-23 alphanumerics are always accepted).
     pub max_client_id_len: usize,
