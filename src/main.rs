@@ -24,6 +24,10 @@ struct Cli {
     /// [default: 127.0.0.1:1883].
     #[arg(long, value_name = "ADDR:PORT")]
     bind: Vec<SocketAddr>,
+    /// Check the configuration file (keys, values, TLS certificate files) and exit: status 0
+    /// if it is usable, 1 with the reason if not.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -120,6 +124,17 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(path) = &cli.check_config {
+        let config = Config::from_file(path)?;
+        for listener in config.effective_listeners() {
+            if let Some(files) = listener.tls {
+                mqttd::tls::TlsAcceptor::new(files)
+                    .map_err(|e| format!("listener {}: {e}", listener.bind))?;
+            }
+        }
+        println!("{}: OK", path.display());
+        return Ok(());
+    }
     let mut config = match &cli.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),

@@ -191,3 +191,30 @@ async fn keeps_accepting_after_running_out_of_file_descriptors() {
             .success()
     );
 }
+
+#[test]
+fn check_config_accepts_the_example_and_names_what_is_wrong() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/mqttd.example.toml");
+    let ok = mqttd(&["--check-config", example]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for (text, named) in [
+        ("max_conections = 3\n", "max_conections"),
+        ("[limits]\nreceive_maximum = 0\n", "limits.receive_maximum"),
+        (
+            "[[listener]]\nbind = \"127.0.0.1:8883\"\ntls = { cert = \"/nonexistent.pem\", key = \"/nonexistent.key\" }\n",
+            "/nonexistent.pem",
+        ),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = mqttd(&["--check-config", path.to_str().unwrap()]);
+        assert!(!out.status.success(), "{text}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(named), "{named} not in {stderr}");
+    }
+}
