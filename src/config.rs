@@ -125,6 +125,9 @@ pub struct Limits {
     /// Unacknowledged QoS 1/2 messages the broker sends one client, below the client's own
     /// Receive Maximum.
     pub max_inflight_messages: u16,
+    /// Topics with a retained message; 0 = unlimited. A retained message for a new topic over
+    /// the limit is delivered live but not retained.
+    pub max_retained_messages: usize,
     /// Simultaneous connections from one source address; 0 = unlimited.
     pub max_connections_per_ip: usize,
     /// New connections per second from one source address; 0 = unlimited.
@@ -167,6 +170,7 @@ impl Default for Limits {
             max_topic_levels: 128,
             max_user_properties: 128,
             max_inflight_messages: 100,
+            max_retained_messages: 0,
             max_connections_per_ip: 0,
             max_connection_rate_per_ip: 0,
             max_auth_failures_per_ip: 10,

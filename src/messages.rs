@@ -189,11 +189,14 @@ pub struct LoadAcl {
 }
 
 /// Session -> DbActor: store the retained message of `message.topic`, replacing the old one;
-/// an empty payload deletes it instead [MQTT-3.3.1-6] [MQTT-3.3.1-7]. Reply: once committed.
+/// an empty payload deletes it instead [MQTT-3.3.1-6] [MQTT-3.3.1-7]. Reply: once committed;
+/// `Ok(false)` when it was a new topic and `max_messages` topics are retained already.
 #[derive(Message, Debug)]
-#[rtype(result = "Result<(), DbError>")]
+#[rtype(result = "Result<bool, DbError>")]
 pub struct StoreRetained {
     pub message: Arc<AppMessage>,
+    /// Most retained topics (`limits.max_retained_messages`); 0 = no limit.
+    pub max_messages: usize,
 }
 
 /// Broker -> DbActor: every retained message that has not expired, at start-up.

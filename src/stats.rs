@@ -14,6 +14,8 @@ pub struct Counters {
     pub dropped_too_large: AtomicU64,
     /// Messages whose Message Expiry Interval ran out before delivery [MQTT-3.3.2-5].
     pub dropped_expired: AtomicU64,
+    /// Retained messages for new topics refused over `max_retained_messages` (delivered live).
+    pub retained_refused: AtomicU64,
 }
 
 impl Counters {

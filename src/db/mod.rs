@@ -229,10 +229,15 @@ impl Handler<LoadAcl> for DbActor {
 }
 
 impl Handler<StoreRetained> for DbActor {
-    type Result = Result<(), DbError>;
+    type Result = Result<bool, DbError>;
 
     fn handle(&mut self, msg: StoreRetained, _: &mut Self::Context) -> Self::Result {
-        queries::store_retained(&mut self.conn, &msg.message, unix_millis())
+        queries::store_retained(
+            &mut self.conn,
+            &msg.message,
+            unix_millis(),
+            msg.max_messages,
+        )
     }
 }
 
@@ -480,7 +485,15 @@ mod tests {
             message("b", b"", None),
             message("old", b"3", Some(1)),
         ] {
-            db.send(StoreRetained { message }).await.unwrap().unwrap();
+            assert!(
+                db.send(StoreRetained {
+                    message,
+                    max_messages: 0
+                })
+                .await
+                .unwrap()
+                .unwrap()
+            );
         }
         let loaded = db.send(LoadRetained).await.unwrap().unwrap();
         assert_eq!(

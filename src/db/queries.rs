@@ -176,10 +176,30 @@ pub fn store_retained(
     conn: &mut SqliteConnection,
     message: &AppMessage,
     now_ms: i64,
-) -> Result<(), DbError> {
+    max_messages: usize,
+) -> Result<bool, DbError> {
     if message.payload.is_empty() {
         diesel::delete(retained::table.find(&*message.topic)).execute(conn)?;
-        return Ok(());
+        return Ok(true);
+    }
+    conn.immediate_transaction(|conn| store_retained_within(conn, message, now_ms, max_messages))
+}
+
+/// The store itself, inside the caller's transaction so the quota check and the insert see
+/// the same table. `Ok(false)`: a new topic over `max_messages` (0 = no limit), not stored.
+fn store_retained_within(
+    conn: &mut SqliteConnection,
+    message: &AppMessage,
+    now_ms: i64,
+    max_messages: usize,
+) -> Result<bool, DbError> {
+    if max_messages != 0 {
+        let exists = diesel::select(diesel::dsl::exists(retained::table.find(&*message.topic)))
+            .get_result::<bool>(conn)?;
+        let count: i64 = retained::table.count().get_result(conn)?;
+        if !exists && usize::try_from(count).unwrap_or(usize::MAX) >= max_messages {
+            return Ok(false);
+        }
     }
     let properties =
         encode_forwarded(&message.properties).map_err(|source| DbError::EncodeRetained {
@@ -201,7 +221,7 @@ pub fn store_retained(
         .do_update()
         .set(&row)
         .execute(conn)?;
-    Ok(())
+    Ok(true)
 }
 
 /// Every retained message that has not expired at `now_ms`, ordered by topic. Expired ones are
@@ -636,8 +656,8 @@ mod tests {
             expires_at_ms: Some(5_000),
             ..retained_message("$SYS/x", b"\xff")
         };
-        store_retained(&mut conn, &a, 100).unwrap();
-        store_retained(&mut conn, &b, 100).unwrap();
+        store_retained(&mut conn, &a, 100, 0).unwrap();
+        store_retained(&mut conn, &b, 100, 0).unwrap();
         assert_eq!(load_retained(&mut conn, 200).unwrap(), [b, a]);
     }
 
@@ -650,7 +670,7 @@ mod tests {
         message.properties.subscription_identifiers = vec![7];
         message.properties.message_expiry_interval = Some(60);
         message.properties.session_expiry_interval = Some(10);
-        store_retained(&mut conn, &message, 1).unwrap();
+        store_retained(&mut conn, &message, 1, 0).unwrap();
 
         let loaded = load_retained(&mut conn, 2).unwrap();
         assert_eq!(loaded, [retained_message("t", b"x")]);
@@ -669,14 +689,14 @@ mod tests {
             expires_at_ms: Some(9_000),
             ..retained_message("t", b"one")
         };
-        store_retained(&mut conn, &first, 100).unwrap();
+        store_retained(&mut conn, &first, 100, 0).unwrap();
         let second = AppMessage {
             qos: QoS::AtMostOnce,
             properties: Properties::default(),
             publisher: Arc::from("pub-2"),
             ..retained_message("t", b"two")
         };
-        store_retained(&mut conn, &second, 200).unwrap();
+        store_retained(&mut conn, &second, 200, 0).unwrap();
 
         let rows = retained_rows(&mut conn);
         assert_eq!(rows.len(), 1);
@@ -693,11 +713,11 @@ mod tests {
     #[test]
     fn empty_payload_deletes_the_retained_message() {
         let (_dir, mut conn) = test_db();
-        store_retained(&mut conn, &retained_message("a", b"x"), 1).unwrap();
-        store_retained(&mut conn, &retained_message("b", b"y"), 1).unwrap();
-        store_retained(&mut conn, &retained_message("a", b""), 2).unwrap();
+        store_retained(&mut conn, &retained_message("a", b"x"), 1, 0).unwrap();
+        store_retained(&mut conn, &retained_message("b", b"y"), 1, 0).unwrap();
+        store_retained(&mut conn, &retained_message("a", b""), 2, 0).unwrap();
         // Deleting a topic without a retained message is fine too.
-        store_retained(&mut conn, &retained_message("c", b""), 3).unwrap();
+        store_retained(&mut conn, &retained_message("c", b""), 3, 0).unwrap();
         let topics: Vec<_> = retained_rows(&mut conn)
             .into_iter()
             .map(|r| r.topic)
@@ -717,9 +737,9 @@ mod tests {
                 expires_at_ms,
                 ..retained_message(topic, b"x")
             };
-            store_retained(&mut conn, &message, 0).unwrap();
+            store_retained(&mut conn, &message, 0, 0).unwrap();
         }
-        store_retained(&mut conn, &retained_message("never", b"x"), 0).unwrap();
+        store_retained(&mut conn, &retained_message("never", b"x"), 0, 0).unwrap();
 
         let loaded = load_retained(&mut conn, 1_000).unwrap();
         let topics: Vec<_> = loaded.iter().map(|m| &*m.topic).collect();
@@ -786,7 +806,7 @@ mod tests {
         let mut message = retained_message("t", b"x");
         message.properties.content_type = Some("x".repeat(70_000));
         assert!(matches!(
-            store_retained(&mut conn, &message, 0),
+            store_retained(&mut conn, &message, 0, 0),
             Err(DbError::EncodeRetained { .. })
         ));
         assert!(retained_rows(&mut conn).is_empty());
@@ -988,5 +1008,21 @@ mod tests {
         assert!(checkpoint(&mut conn).unwrap());
         assert_eq!(std::fs::metadata(format!("{path}-wal")).unwrap().len(), 0);
         assert_eq!(list_users(&mut conn).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn retained_topics_over_the_limit_are_not_stored_but_replacing_one_is() {
+        let (_dir, mut conn) = test_db();
+        assert!(store_retained(&mut conn, &retained_message("a", b"1"), 1, 2).unwrap());
+        assert!(store_retained(&mut conn, &retained_message("b", b"1"), 1, 2).unwrap());
+        assert!(!store_retained(&mut conn, &retained_message("c", b"1"), 1, 2).unwrap());
+        assert!(store_retained(&mut conn, &retained_message("a", b"2"), 1, 2).unwrap());
+        let topics: Vec<String> = load_retained(&mut conn, 1)
+            .unwrap()
+            .iter()
+            .map(|m| m.topic.to_string())
+            .collect();
+        assert_eq!(topics.len(), 2);
+        assert!(!topics.contains(&"c".to_string()));
     }
 }

@@ -17,6 +17,7 @@ use crate::clock::unix_millis;
 use crate::message::AppMessage;
 use crate::messages::{Publish as RoutePublish, StoreRetained};
 use crate::mqtt::{Ack, Packet, Properties, Publish, QoS, ReasonCode, topic};
+use crate::stats::Counters;
 
 impl Session {
     pub(super) fn on_publish(
@@ -94,14 +95,20 @@ impl Session {
         if message.retain {
             // The retained store changes only once the database has it; the session reads no
             // further packet until then, which keeps the publisher's order.
+            let max_messages = self.shared.config.limits.max_retained_messages;
             self.shared
                 .db
                 .send(StoreRetained {
                     message: message.clone(),
+                    max_messages,
                 })
                 .into_actor(self)
                 .map(move |result, act, ctx| match result {
-                    Ok(Ok(())) => act.route_and_acknowledge(message, packet_id, ctx),
+                    Ok(Ok(true)) => act.route_and_acknowledge(message, packet_id, ctx),
+                    Ok(Ok(false)) => {
+                        let live = act.retained_over_quota(&message);
+                        act.route_and_acknowledge(live, packet_id, ctx);
+                    }
                     Ok(Err(e)) => {
                         warn!("storing a retained message failed: {e}");
                         act.acknowledge(qos, packet_id, ReasonCode::UnspecifiedError);
@@ -116,6 +123,19 @@ impl Session {
             self.route_and_acknowledge(message, packet_id, ctx);
         }
         Ok(())
+    }
+
+    /// The message to deliver when its topic could not be retained (`max_retained_messages`):
+    /// delivered live, without RETAIN, so the Registry does not keep it either (as EMQX does
+    /// for retained messages over its limits). Counted.
+    fn retained_over_quota(&self, message: &Arc<AppMessage>) -> Arc<AppMessage> {
+        if message.retain {
+            Counters::add(&self.shared.counters.retained_refused);
+        }
+        Arc::new(AppMessage {
+            retain: false,
+            ..AppMessage::clone(message)
+        })
     }
 
     /// Routes a message and acknowledges it (QoS 1/2) once the Registry has put it in every
@@ -364,15 +384,18 @@ impl Session {
     ) -> impl Future<Output = ()> + 'static {
         let db = self.shared.db.clone();
         let registry = self.shared.registry.clone();
+        let max_messages = self.shared.config.limits.max_retained_messages;
+        let over_quota = self.retained_over_quota(&will);
         async move {
+            let mut will = will;
             if will.retain {
-                match db
-                    .send(StoreRetained {
-                        message: will.clone(),
-                    })
-                    .await
-                {
-                    Ok(Ok(())) => {}
+                let store = StoreRetained {
+                    message: will.clone(),
+                    max_messages,
+                };
+                match db.send(store).await {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => will = over_quota,
                     Ok(Err(e)) => warn!("storing a retained Will failed: {e}"),
                     Err(e) => warn!("database actor unavailable: {e}"),
                 }

@@ -219,3 +219,56 @@ async fn g104_repeated_authentication_failures_ban_the_address() {
         .await;
     client.expect_closed().await;
 }
+
+#[tokio::test]
+async fn g105_retained_topics_over_the_cap_are_delivered_but_not_retained() {
+    let broker = start_broker_with(|c| c.limits.max_retained_messages = 2);
+    let mut live = Client::connected(broker.addr, V5, "live").await;
+    live.send(subscribe(1, &["r/#"], QoS::AtMostOnce)).await;
+    live.expect(suback(1, vec![ReasonCode::Success])).await;
+    let mut publisher = Client::connected(broker.addr, V5, "retainer").await;
+    for (id, topic) in [(1, "r/a"), (2, "r/b"), (3, "r/c"), (4, "r/a")] {
+        let Packet::Publish(mut p) = publish(topic, QoS::AtLeastOnce, Some(id)) else {
+            unreachable!()
+        };
+        p.retain = true;
+        publisher.send(Packet::Publish(p)).await;
+        publisher
+            .expect(Packet::PubAck(Ack {
+                packet_id: id,
+                reason: ReasonCode::Success,
+                ..Ack::default()
+            }))
+            .await;
+    }
+    // Live subscribers get all four, the third without RETAIN (it was not retained).
+    for topic in ["r/a", "r/b", "r/c", "r/a"] {
+        let Some(Ok(Packet::Publish(p))) = live.recv().await else {
+            panic!("PUBLISH")
+        };
+        assert_eq!(p.topic, topic);
+    }
+    assert_eq!(
+        broker
+            .counters
+            .retained_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // A new subscriber gets the two retained topics only.
+    let mut late = Client::connected(broker.addr, V5, "late").await;
+    late.send(subscribe(1, &["r/#"], QoS::AtMostOnce)).await;
+    late.expect(suback(1, vec![ReasonCode::Success])).await;
+    let mut topics = Vec::new();
+    for _ in 0..2 {
+        let Some(Ok(Packet::Publish(p))) = late.recv().await else {
+            panic!("PUBLISH")
+        };
+        assert!(p.retain);
+        topics.push(p.topic);
+    }
+    topics.sort();
+    assert_eq!(topics, ["r/a", "r/b"]);
+    late.send(Packet::PingReq).await;
+    late.expect(Packet::PingResp).await;
+}
