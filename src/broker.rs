@@ -196,7 +196,9 @@ async fn release_memory_after_bursts(shared: Arc<Shared>) {
     let mut ticks = tokio::time::interval(TRIM_CHECK);
     loop {
         ticks.tick().await;
-        let now = shared.connections.load(std::sync::atomic::Ordering::Relaxed);
+        let now = shared
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed);
         peak = peak.max(now);
         if peak - now >= TRIM_AFTER_CLOSED && now <= peak / 2 {
             peak = now;

@@ -218,3 +218,61 @@ fn check_config_accepts_the_example_and_names_what_is_wrong() {
         assert!(stderr.contains(named), "{named} not in {stderr}");
     }
 }
+
+/// bad-inputs A3 (CVE-2023-0809): 14 connections whose first packet is a non-CONNECT header
+/// declaring ~243 MB, followed by 100 MB of garbage in all, are closed at the first byte and
+/// cost the broker process less than 25 MB of memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a3_huge_declared_lengths_on_14_connections_cost_little_memory() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a3.db");
+    let (mut child, addr) = spawn_daemon(&["--bind", "127.0.0.1:0", "--db", db.to_str().unwrap()]);
+    let rss = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    let before = rss(child.id());
+    let garbage = vec![0xABu8; 100 * 1024 * 1024 / 14];
+    let mut tasks = Vec::new();
+    for _ in 0..14 {
+        let garbage = garbage.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // A PUBLISH declaring 0x74 * 2^21 bytes (~243 MB); the broker closes at once, so
+            // the garbage after it mostly fails to send.
+            let _ = stream.write_all(&[0x30, 0x80, 0x80, 0x80, 0x74]).await;
+            let _ = stream.write_all(&garbage).await;
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let after = rss(child.id());
+    let grown = after.saturating_sub(before);
+    assert!(grown < 25 * 1024 * 1024, "the broker grew by {grown} bytes");
+    // Still serving: a fresh client gets its CONNACK (refused: --bind disables anonymous).
+    let mut fresh = Client::open(addr, ProtocolVersion::V5).await;
+    fresh.send(connect(ProtocolVersion::V5, "fresh")).await;
+    fresh
+        .expect(Packet::ConnAck(ConnAck {
+            reason: ReasonCode::NotAuthorized,
+            ..Default::default()
+        }))
+        .await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        tokio::task::block_in_place(|| child.wait())
+            .unwrap()
+            .success()
+    );
+}

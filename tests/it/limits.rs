@@ -272,3 +272,23 @@ async fn g105_retained_topics_over_the_cap_are_delivered_but_not_retained() {
     late.send(Packet::PingReq).await;
     late.expect(Packet::PingResp).await;
 }
+
+#[tokio::test]
+async fn c51_mqtt_3_2_2_18_any_topic_alias_is_refused_when_the_maximum_is_0() {
+    let broker = start_broker_with(|c| c.limits.topic_alias_maximum = 0);
+    let mut client = Client::open(broker.addr, V5).await;
+    client.send(connect(V5, "noalias")).await;
+    let Some(Ok(Packet::ConnAck(ack))) = client.recv().await else {
+        panic!("CONNACK")
+    };
+    assert_eq!(ack.properties.topic_alias_maximum, Some(0));
+    let Packet::Publish(mut p) = publish("t", QoS::AtMostOnce, None) else {
+        unreachable!()
+    };
+    p.properties.topic_alias = Some(1);
+    client.send(Packet::Publish(p)).await;
+    client
+        .expect(disconnect(ReasonCode::TopicAliasInvalid))
+        .await;
+    client.expect_closed().await;
+}
