@@ -70,7 +70,8 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     info!("{} retained message(s) loaded", retained.len());
     let counters = Arc::new(Counters::default());
     let backlog_limit = config.limits.max_queued_messages;
-    let registry = Registry::new(retained, counters.clone(), backlog_limit).start();
+    let sys_interval = (config.sys_interval > 0).then(|| Duration::from_secs(config.sys_interval));
+    let registry = Registry::new(retained, counters.clone(), backlog_limit, sys_interval).start();
     let shared = Arc::new(Shared {
         anonymous_allowed: config.anonymous_allowed(),
         registry: registry.clone(),

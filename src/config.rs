@@ -27,6 +27,8 @@ pub struct Config {
     pub acl_default: AclDefault,
     /// Sent as Response Information in CONNACK to clients that ask for it (§3.1.2.11.6).
     pub response_information: Option<String>,
+    /// Seconds between `$SYS/broker/...` updates (retained, Mosquitto's names); 0 = none.
+    pub sys_interval: u64,
     /// Threads (actix Arbiters) that run client sessions; 0 = one per available core.
     pub workers: usize,
     /// Threads of the DbActor's SyncArbiter (SQLite connections).
@@ -146,6 +148,7 @@ impl Default for Config {
             allow_anonymous: None,
             acl_default: AclDefault::Allow,
             response_information: None,
+            sys_interval: 10,
             workers: 0,
             db_threads: 2,
             limits: Limits::default(),

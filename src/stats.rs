@@ -16,6 +16,10 @@ pub struct Counters {
     pub dropped_expired: AtomicU64,
     /// Retained messages for new topics refused over `max_retained_messages` (delivered live).
     pub retained_refused: AtomicU64,
+    /// PUBLISH packets received from clients.
+    pub messages_received: AtomicU64,
+    /// PUBLISH packets sent to clients.
+    pub messages_sent: AtomicU64,
 }
 
 impl Counters {

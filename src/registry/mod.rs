@@ -101,6 +101,9 @@ pub struct Registry {
     routes: Vec<Route>,
     /// Most deliveries one subscriber's backlog holds (`max_queued_messages`).
     backlog_limit: usize,
+    /// How often `$SYS` topics are published; `None` = never.
+    sys_interval: Option<Duration>,
+    started_at: std::time::Instant,
     /// Replies owed to `Shutdown` callers, sent when the last client has unregistered.
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     shutting_down: bool,
@@ -122,6 +125,10 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        if let Some(every) = self.sys_interval {
+            self.publish_sys(ctx);
+            ctx.run_interval(every, |act, ctx| act.publish_sys(ctx));
+        }
     }
 }
 
@@ -131,6 +138,7 @@ impl Registry {
         retained_messages: Vec<AppMessage>,
         counters: Arc<Counters>,
         backlog_limit: usize,
+        sys_interval: Option<Duration>,
     ) -> Registry {
         let mut retained = RetainedStore::new();
         for message in retained_messages {
@@ -144,8 +152,47 @@ impl Registry {
             counters,
             routes: Vec::new(),
             backlog_limit,
+            sys_interval,
+            started_at: std::time::Instant::now(),
             shutdown_waiters: Vec::new(),
             shutting_down: false,
+        }
+    }
+
+    /// Publishes the broker's state under `$SYS/broker/` with Mosquitto's topic names, retained
+    /// (in memory only: it is rebuilt at start), so a new subscriber gets it at once. Clients
+    /// see it only where their ACL lets them receive it; `#` never matches it [MQTT-4.7.2-1].
+    fn publish_sys(&mut self, ctx: &mut Context<Self>) {
+        let c = &self.counters;
+        let values = [
+            ("version", format!("mqttd {}", env!("CARGO_PKG_VERSION"))),
+            (
+                "uptime",
+                format!("{} seconds", self.started_at.elapsed().as_secs()),
+            ),
+            ("clients/connected", self.clients.len().to_string()),
+            ("subscriptions/count", self.subscriptions.len().to_string()),
+            ("retained messages/count", self.retained.len().to_string()),
+            (
+                "messages/received",
+                Counters::get(&c.messages_received).to_string(),
+            ),
+            ("messages/sent", Counters::get(&c.messages_sent).to_string()),
+        ];
+        for (name, value) in values {
+            let topic: Arc<str> = format!("$SYS/broker/{name}").into();
+            let message = Arc::new(AppMessage {
+                topic: topic.clone(),
+                payload: value.into(),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: Default::default(),
+                expires_at_ms: None,
+                publisher: "$SYS".into(),
+            });
+            self.retained.insert(&topic, message.clone());
+            let nobody_waits = Rc::new(AckGroup(Cell::new(None)));
+            self.route(&message, &nobody_waits, ctx);
         }
     }
 

@@ -144,6 +144,7 @@ impl Session {
                 client.inflight.insert(id, state);
             }
         }
+        Counters::add(&counters.messages_sent);
         self.send(packet);
     }
 }

@@ -27,6 +27,7 @@ impl Session {
     ) -> Result<(), SessionError> {
         let receive_maximum = self.shared.config.limits.receive_maximum;
         let alias_maximum = self.shared.config.limits.topic_alias_maximum;
+        Counters::add(&self.shared.counters.messages_received);
         let Some(client) = self.client.as_mut() else {
             return Ok(());
         };

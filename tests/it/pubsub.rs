@@ -962,3 +962,39 @@ async fn a_slow_subscriber_slows_its_publisher_instead_of_losing_acknowledged_me
         0
     );
 }
+
+/// `$SYS/broker/...` with Mosquitto's names, retained, updated every `sys_interval` seconds.
+#[tokio::test]
+async fn sys_topics_report_the_broker_state() {
+    let broker = start_broker_with(|c| c.sys_interval = 1);
+    let mut publisher = Client::connected(broker.addr, V5, "counted").await;
+    publish_qos1(&mut publisher, "some/topic", 1, b"x").await;
+    let mut watcher = Client::connected(broker.addr, V5, "watcher").await;
+    subscribe(
+        &mut watcher,
+        1,
+        &[("$SYS/broker/#", options(QoS::AtMostOnce))],
+    )
+    .await;
+    let mut seen = std::collections::HashMap::new();
+    // The retained values arrive at once; the next update (within a second) brings the
+    // counters up to date.
+    while !(seen.contains_key("$SYS/broker/version")
+        && seen
+            .get("$SYS/broker/clients/connected")
+            .is_some_and(|v| v == "2")
+        && seen
+            .get("$SYS/broker/messages/received")
+            .is_some_and(|v| v != "0"))
+    {
+        let p = next_publish(&mut watcher).await;
+        seen.insert(p.topic, String::from_utf8_lossy(&p.payload).into_owned());
+    }
+    assert!(seen["$SYS/broker/version"].starts_with("mqttd "));
+    assert!(seen["$SYS/broker/uptime"].ends_with(" seconds"));
+    // `#` does not match `$SYS` [MQTT-4.7.2-1].
+    let mut everything = Client::connected(broker.addr, V5, "everything").await;
+    subscribe(&mut everything, 1, &[("#", options(QoS::AtMostOnce))]).await;
+    publish_qos1(&mut publisher, "marker", 2, b"m").await;
+    assert_eq!(next_publish(&mut everything).await.topic, "marker");
+}

@@ -54,6 +54,8 @@ pub fn start_broker_on(db_path: PathBuf, adjust: impl FnOnce(&mut Config)) -> Te
         db_path: db_path.clone(),
         allow_anonymous: Some(true),
         workers: 2,
+        // Tests that want `$SYS` updates turn them on.
+        sys_interval: 0,
         ..Config::default()
     };
     adjust(&mut config);
