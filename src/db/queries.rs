@@ -170,8 +170,8 @@ pub fn list_clients(conn: &mut SqliteConnection) -> Result<Vec<ClientRecord>, Db
 // ---- retained messages -----------------------------------------------------------------------
 
 /// Makes `message` the retained message of its topic, replacing the previous one; an empty
-/// payload deletes the topic's retained message instead [MQTT-3.3.1-6] [MQTT-3.3.1-7]. A single
-/// statement either way.
+/// payload deletes the topic's retained message instead [MQTT-3.3.1-6] [MQTT-3.3.1-7].
+/// `Ok(false)`: a new topic while `max_messages` (0 = no limit) are retained; nothing stored.
 pub fn store_retained(
     conn: &mut SqliteConnection,
     message: &AppMessage,

@@ -29,7 +29,7 @@ pub use error::SessionError;
 pub use send_timeout::Abort;
 use send_timeout::SendTimeout;
 
-use crate::acl::Acl;
+use crate::acl::{Acl, AclAction};
 use crate::admission::ConnectionSlot;
 use crate::broker::Shared;
 use crate::clock::unix_millis;
@@ -150,8 +150,6 @@ pub struct Session {
     pumping: bool,
     /// Acknowledgements owed to the client, in the order its PUBLISH packets arrived.
     acks: VecDeque<PendingAck>,
-    /// QoS 1 messages received and not yet acknowledged (part of the Receive Maximum count).
-    pending_qos1: usize,
     /// Deliveries that cannot be written yet (Receive Maximum reached): at most one pump batch
     /// from the queue, plus the retained messages of a new subscription (shared `Arc`s).
     pending: VecDeque<Delivery>,
@@ -159,6 +157,13 @@ pub struct Session {
     last_packet: Instant,
     /// Recorded in the database when the connection ends.
     end_reason: String,
+}
+
+impl Client {
+    /// Clients may not write the broker's own topics (§4.7.2), nor what their ACL forbids.
+    fn may_publish(&self, topic: &str) -> bool {
+        !topic.starts_with("$SYS") && self.acl.allows(AclAction::Publish, topic)
+    }
 }
 
 impl Session {
@@ -191,7 +196,6 @@ impl Session {
             deliveries: None,
             pumping: false,
             acks: VecDeque::new(),
-            pending_qos1: 0,
             pending: VecDeque::new(),
             last_packet: Instant::now(),
             end_reason: "connection closed".into(),

@@ -12,7 +12,6 @@ use log::{debug, warn};
 use tokio::sync::oneshot;
 
 use super::{AckState, Outbound, PendingAck, Session, SessionError};
-use crate::acl::AclAction;
 use crate::clock::unix_millis;
 use crate::message::AppMessage;
 use crate::messages::{Publish as RoutePublish, StoreRetained};
@@ -69,13 +68,17 @@ impl Session {
             return Ok(());
         }
         // Unacknowledged QoS 1/2 from this client: QoS 2 until PUBREL, QoS 1 until its PUBACK
-        // is sent (which waits for routing, see `acknowledge_when_routed`).
-        let unacknowledged = client.awaiting_rel.len() + self.pending_qos1;
+        // is sent (which waits for routing, see `route_and_acknowledge`).
+        let pending_qos1 = self
+            .acks
+            .iter()
+            .filter(|a| a.qos == QoS::AtLeastOnce)
+            .count();
+        let unacknowledged = client.awaiting_rel.len() + pending_qos1;
         if qos != QoS::AtMostOnce && unacknowledged >= usize::from(receive_maximum) {
             return Err(SessionError::ReceiveMaximumExceeded(receive_maximum));
         }
-        // Clients may not write the broker's own topics (§4.7.2), nor what the ACL forbids.
-        if topic.starts_with("$SYS") || !client.acl.allows(AclAction::Publish, &topic) {
+        if !client.may_publish(&topic) {
             debug!(
                 "{:?}: PUBLISH to {topic:?} not authorised",
                 client.client_id
@@ -157,8 +160,6 @@ impl Session {
         {
             // Known from now on, so a re-sent PUBLISH is not routed twice [MQTT-4.3.3-10].
             client.awaiting_rel.insert(packet_id);
-        } else {
-            self.pending_qos1 += 1;
         }
         let (routed, when_routed) = oneshot::channel();
         self.route(message, Some(routed), ctx);
@@ -255,9 +256,6 @@ impl Session {
                 },
             }
             if let Some(ack) = self.acks.pop_front() {
-                if ack.qos == QoS::AtLeastOnce && ack.reason == ReasonCode::Success {
-                    self.pending_qos1 = self.pending_qos1.saturating_sub(1);
-                }
                 self.send_ack(ack.qos, ack.packet_id, ack.reason);
             }
         }
@@ -355,7 +353,7 @@ impl Session {
     pub(super) fn take_will(&mut self) -> Option<Arc<AppMessage>> {
         let client = self.client.as_mut().filter(|c| c.accepted)?;
         let will = client.will.take()?;
-        if will.topic.starts_with("$SYS") || !client.acl.allows(AclAction::Publish, &will.topic) {
+        if !client.may_publish(&will.topic) {
             debug!(
                 "{:?}: Will to {:?} not authorised",
                 client.client_id, will.topic
