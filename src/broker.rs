@@ -16,8 +16,10 @@ use crate::config::Config;
 use crate::db::{self, DbActor};
 use crate::error::BrokerError;
 use crate::listener::Listener;
-use crate::messages::{Checkpoint, CloseOpenConnections, LoadRetained, Shutdown, StopAccepting};
-use crate::registry::Registry;
+use crate::messages::{
+    Checkpoint, CloseOpenConnections, Flush, LoadRetained, LoadState, Shutdown, StopAccepting,
+};
+use crate::registry::{Registry, Settings};
 use crate::stats::Counters;
 use crate::tls::{TlsAcceptor, TlsError};
 
@@ -54,7 +56,7 @@ pub struct Broker {
 /// DbActor, the Registry and `config.worker_count()` session Arbiters, and binds every listener.
 pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     let db_path = config.db_path.to_string_lossy().into_owned();
-    let db = db::start(&db_path, config.db_threads)?;
+    let db = db::start(&db_path, config.db_threads, config.durability)?;
     // Rows still open were left by a crash or kill: their end time is unknown, so they are
     // closed at the time the broker came back.
     let stale = db
@@ -68,10 +70,19 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     }
     let retained = db.send(LoadRetained).await??;
     info!("{} retained message(s) loaded", retained.len());
+    let stored = db
+        .send(LoadState {
+            now_ms: unix_millis(),
+        })
+        .await??;
     let counters = Arc::new(Counters::default());
-    let backlog_limit = config.limits.max_queued_messages;
-    let sys_interval = (config.sys_interval > 0).then(|| Duration::from_secs(config.sys_interval));
-    let registry = Registry::new(retained, counters.clone(), backlog_limit, sys_interval).start();
+    let settings = Settings {
+        backlog_limit: config.limits.max_queued_messages,
+        max_queued_bytes: config.limits.max_queued_bytes,
+        max_retained_messages: config.limits.max_retained_messages,
+        sys_interval: (config.sys_interval > 0).then(|| Duration::from_secs(config.sys_interval)),
+    };
+    let registry = Registry::new(retained, stored, counters.clone(), db.clone(), settings).start();
     let shared = Arc::new(Shared {
         anonymous_allowed: config.anonymous_allowed(),
         registry: registry.clone(),
@@ -162,6 +173,14 @@ impl Broker {
             .is_err()
         {
             warn!("shutdown: some sessions did not close within {SHUTDOWN_GRACE:?}");
+        }
+        // The sessions' ends (persistent ones start to expire) are committed before the WAL is
+        // checkpointed.
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.registry.send(Flush))
+            .await
+            .is_err()
+        {
+            warn!("shutdown: persistent session state not committed within {SHUTDOWN_GRACE:?}");
         }
         let closed = CloseOpenConnections {
             at_ms: unix_millis(),

@@ -33,6 +33,10 @@ pub struct Config {
     pub workers: usize,
     /// Threads of the DbActor's SyncArbiter (SQLite connections).
     pub db_threads: usize,
+    /// What an acknowledgement promises about persistent sessions: "process" (the default:
+    /// committed with synchronous=NORMAL, survives kill -9) or "power" (synchronous=FULL,
+    /// also survives power loss). See the README's durability section.
+    pub durability: crate::persist::Durability,
     pub limits: Limits,
 }
 
@@ -138,6 +142,13 @@ pub struct Limits {
     pub max_auth_failures_per_ip: u32,
     /// Seconds a banned address is refused (CONNACK 0x8A before any password is checked).
     pub auth_ban: u64,
+    /// Longest Session Expiry Interval granted, in seconds; a client asking for more is told
+    /// this value in CONNACK. A 3.1.1 client with Clean Session 0 gets exactly this. 4294967295
+    /// means sessions may never expire.
+    pub max_session_expiry: u32,
+    /// Payload bytes kept for one offline persistent session; with `max_queued_messages`, what
+    /// goes over is dropped (drop-new) and counted.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for Config {
@@ -151,6 +162,7 @@ impl Default for Config {
             sys_interval: 10,
             workers: 0,
             db_threads: 2,
+            durability: crate::persist::Durability::default(),
             limits: Limits::default(),
         }
     }
@@ -178,6 +190,8 @@ impl Default for Limits {
             max_connection_rate_per_ip: 0,
             max_auth_failures_per_ip: 10,
             auth_ban: 300,
+            max_session_expiry: 86_400,
+            max_queued_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -249,6 +263,10 @@ impl Config {
         }
         if l.max_queued_messages == 0 {
             return invalid("limits.max_queued_messages", "must be at least 1");
+        }
+        // A persistent session's stored messages each hold a packet id (of 65,535).
+        if l.max_queued_messages > 32_768 {
+            return invalid("limits.max_queued_messages", "must be at most 32768");
         }
         if self.db_threads == 0 {
             return invalid("db_threads", "must be at least 1");

@@ -66,6 +66,7 @@ pub mod listener;
 pub mod message;
 pub mod messages;
 pub mod mqtt;
+pub mod persist;
 pub mod registry;
 pub mod session;
 pub mod stats;

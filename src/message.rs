@@ -48,4 +48,23 @@ pub struct Delivery {
     pub retain: bool,
     /// Subscription Identifiers of the matching subscriptions [MQTT-3.3.4-3].
     pub subscription_ids: Vec<u32>,
+    /// Set by the Registry for a persistent session, whose QoS 1/2 messages are numbered when
+    /// stored so that they are re-sent with the same id after a reconnect or a crash
+    /// [MQTT-4.4.0-1]; `None`: the session picks an id when it sends the message.
+    pub packet_id: Option<u16>,
+    /// This may be a re-delivery (it was handed to an earlier connection) [MQTT-3.3.1-1].
+    pub dup: bool,
+}
+
+/// The properties a subscriber receives unchanged and in order [MQTT-3.3.2-17..18]; Topic
+/// Alias, Message Expiry, Will Delay and Subscription Identifiers are per hop.
+pub fn forwarded_properties(p: Properties) -> Properties {
+    Properties {
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+        ..Properties::default()
+    }
 }

@@ -15,6 +15,7 @@ use crate::acl::AclRule;
 use crate::db::DbError;
 use crate::message::{AppMessage, Delivery};
 use crate::mqtt::ReasonCode;
+use crate::persist::{StoreOp, StoredState, StoredWill};
 use crate::registry::subscriptions::Subscription;
 use crate::session::Abort;
 
@@ -32,10 +33,11 @@ pub struct Close {
 // ---- handled by Registry ---------------------------------------------------------------------
 
 /// Session -> Registry: this connection now owns `client_id`. An older connection with the same
-/// id is sent `Close { reason: SessionTakenOver }` first, and its subscriptions end with it
-/// (sessions are not kept yet). Reply: once the old connection's end is recorded.
+/// id is sent `Close { reason: SessionTakenOver }` first. A persistent session (Session Expiry
+/// Interval > 0) is resumed unless `clean_start` discards it [MQTT-3.1.2-4]. Reply: once the
+/// old connection's end is recorded, what the new connection resumes with.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Registered")]
 pub struct Register {
     pub client_id: Arc<str>,
     pub conn_id: u64,
@@ -44,6 +46,27 @@ pub struct Register {
     pub deliveries: mpsc::Sender<Delivery>,
     /// Ends the connection when it does not answer `Close` (paused on a full socket).
     pub abort: Arc<Abort>,
+    pub clean_start: bool,
+    /// The granted Session Expiry Interval; 0 = the session ends with this connection.
+    pub expiry_interval: u32,
+    /// Stored with a persistent session, to be published after a crash.
+    pub will: Option<StoredWill>,
+}
+
+/// The answer to `Register`.
+#[derive(Debug, Default)]
+pub struct Registered {
+    /// CONNACK's Session Present [MQTT-3.2.2-2] [MQTT-3.2.2-3].
+    pub session_present: bool,
+    /// Packet ids owed a PUBREL, then the messages to (re-)send, before anything new
+    /// [MQTT-4.4.0-1].
+    pub release: Vec<u16>,
+    pub resend: Vec<Delivery>,
+    /// Inbound QoS 2 packet ids still awaiting PUBREL.
+    pub inbound_qos2: Vec<u16>,
+    /// Fires once the session's state is committed (persistent sessions only): CONNACK waits
+    /// for it. `false`: the commit failed.
+    pub committed: Option<oneshot::Receiver<bool>>,
 }
 
 /// Session -> Registry: add or replace subscriptions (already validated and authorised), up to
@@ -68,6 +91,8 @@ pub struct SubscribeReply {
     /// (they are `Arc`s, not copies), so a `#` subscription gets every retained message
     /// however many there are.
     pub retained: Vec<Delivery>,
+    /// Persistent sessions: fires once the subscriptions are committed; SUBACK waits for it.
+    pub committed: Option<oneshot::Receiver<bool>>,
 }
 
 /// What became of one filter of a `Subscribe`.
@@ -80,9 +105,10 @@ pub enum SubscribeOutcome {
     QuotaExceeded,
 }
 
-/// Session -> Registry: remove subscriptions. Reply: for each filter, whether it existed.
+/// Session -> Registry: remove subscriptions. Reply: for each filter, whether it existed, and
+/// for a persistent session the commit UNSUBACK waits for.
 #[derive(Message, Debug)]
-#[rtype(result = "Vec<bool>")]
+#[rtype(result = "(Vec<bool>, Option<oneshot::Receiver<bool>>)")]
 pub struct Unsubscribe {
     pub client_id: Arc<str>,
     /// As in `Subscribe`.
@@ -97,19 +123,55 @@ pub struct Unsubscribe {
 #[rtype(result = "()")]
 pub struct Publish {
     pub message: Arc<AppMessage>,
-    /// Completed (or dropped) once every delivery of the message is in its subscriber's queue:
-    /// the publisher's PUBACK/PUBREC waits for it. `None` when nobody waits (QoS 0, Wills).
-    pub ack: Option<oneshot::Sender<()>>,
+    /// Completed (or dropped) once every delivery of the message is in its subscriber's queue
+    /// and stored for every persistent subscriber: the publisher's PUBACK/PUBREC waits for it.
+    /// `false`: storing failed. `None` when nobody waits (QoS 0, Wills).
+    pub ack: Option<oneshot::Sender<bool>>,
+    /// The packet id of a QoS 2 PUBLISH, stored with the publisher's persistent session so a
+    /// re-sent PUBLISH is known as a duplicate even after a crash [MQTT-4.3.3-10].
+    pub inbound_qos2: Option<u16>,
 }
 
 /// Session -> Registry: this connection has ended. Ignored unless `conn_id` still owns the id
-/// (a taken-over session must not remove its successor).
+/// (a taken-over session must not remove its successor). A persistent session now starts to
+/// expire; its Will, if it has a delay, waits in the Registry (§3.1.2.5).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Unregister {
     pub client_id: Arc<str>,
     pub conn_id: u64,
+    /// The Session Expiry Interval in force at the end (DISCONNECT may change it).
+    pub expiry_interval: u32,
+    /// A Will to publish after its Will Delay Interval, unless the session resumes first
+    /// [MQTT-3.1.3-9] (or when the session expires, if that is earlier).
+    pub delayed_will: Option<StoredWill>,
 }
+
+/// Session -> Registry: the client acknowledged an outbound message of its persistent session.
+/// Reply (`Released` only): once the new state is committed; PUBREL waits for it.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Acknowledged {
+    pub client_id: Arc<str>,
+    pub packet_id: u16,
+    pub step: AckStep,
+}
+
+#[derive(Debug)]
+pub enum AckStep {
+    /// PUBACK, PUBCOMP, a failing PUBREC, or the message was skipped: forget it.
+    Completed,
+    /// PUBREC: only PUBREL is owed from now on [MQTT-4.3.3-6].
+    Released(oneshot::Sender<bool>),
+    /// PUBREL for an inbound QoS 2 id: the id is free again. PUBCOMP waits for the commit, so
+    /// a reused id is never taken for a duplicate after a crash (bad-inputs.md 3.3).
+    InboundReleased(oneshot::Sender<bool>),
+}
+
+/// Broker -> Registry: reply once everything journalled so far is committed (shutdown).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Flush;
 
 /// Broker -> Registry: close every session with DISCONNECT 0x8B. Reply: when all of them have
 /// unregistered (the broker bounds the wait).
@@ -209,6 +271,25 @@ pub struct LoadRetained;
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), DbError>")]
 pub struct Checkpoint;
+
+/// Registry -> DbActor: apply `ops` in order in one IMMEDIATE transaction (group commit: the
+/// Registry sends the next batch only once this one has answered), and note that the broker
+/// was alive at `alive_at_ms`. Reply: once committed; the acknowledgements waiting on these
+/// operations are released only then.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct Commit {
+    pub ops: Vec<StoreOp>,
+    pub alive_at_ms: i64,
+}
+
+/// Broker -> DbActor: the persistent sessions at start-up. Sessions that expired by `now_ms`
+/// (counting the time the broker was down) are deleted, with the messages only they held.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<StoredState, DbError>")]
+pub struct LoadState {
+    pub now_ms: i64,
+}
 
 // ---- handled by Listener ---------------------------------------------------------------------
 

@@ -16,6 +16,15 @@ pub struct Counters {
     pub dropped_expired: AtomicU64,
     /// Retained messages for new topics refused over `max_retained_messages` (delivered live).
     pub retained_refused: AtomicU64,
+    /// QoS 1/2 messages dropped for an offline persistent session over `max_queued_messages`
+    /// or `max_queued_bytes` (drop-new), or with all 65,535 packet ids in use.
+    pub dropped_session_full: AtomicU64,
+    /// Persistent sessions that expired (and their Wills, if any, were published).
+    pub sessions_expired: AtomicU64,
+    /// Group commits of persistent-session state, and those that failed (nothing they held
+    /// was acknowledged as a success).
+    pub commits: AtomicU64,
+    pub commits_failed: AtomicU64,
     /// PUBLISH packets received from clients.
     pub messages_received: AtomicU64,
     /// PUBLISH packets sent to clients.

@@ -6,6 +6,7 @@
 //!   below only call them.
 //! - [`users`] is what the `mqttd user ...` command line calls, and the password check.
 //! - [`acl`] is what the `mqttd acl ...` command line calls.
+//! - [`sessions`] stores persistent sessions (`Commit`) and reads them back (`LoadState`).
 
 pub mod acl;
 pub mod migrate;
@@ -13,6 +14,7 @@ pub mod models;
 pub mod password;
 pub mod queries;
 pub mod schema;
+pub mod sessions;
 pub mod users;
 
 use actix::prelude::*;
@@ -23,10 +25,11 @@ use crate::acl::{AclRule, RuleTopicError};
 use crate::clock::unix_millis;
 use crate::message::AppMessage;
 use crate::messages::{
-    Authenticate, Checkpoint, CloseOpenConnections, LoadAcl, LoadRetained, RecordConnect,
-    RecordDisconnect, StoreRetained,
+    Authenticate, Checkpoint, CloseOpenConnections, Commit, LoadAcl, LoadRetained, LoadState,
+    RecordConnect, RecordDisconnect, StoreRetained,
 };
 use crate::mqtt::EncodeError;
+use crate::persist::{Durability, StoredState};
 pub use migrate::run_migrations;
 use models::NewClientRecord;
 
@@ -61,6 +64,8 @@ pub enum DbError {
     NoSuchRule(i64),
     #[error("cannot store the retained message of {topic:?}: {source}")]
     EncodeRetained { topic: String, source: EncodeError },
+    #[error("cannot store the properties of a message to {topic:?}: {source}")]
+    EncodeMessage { topic: String, source: EncodeError },
     /// A stored row that cannot be what the broker wrote, e.g. edited by hand.
     #[error("corrupt row {key:?} in table {table}: {detail}")]
     CorruptRow {
@@ -68,26 +73,29 @@ pub enum DbError {
         key: String,
         detail: String,
     },
+    /// `PRAGMA quick_check` found damage: the broker must not run on this file.
+    #[error(
+        "the database file is damaged (PRAGMA quick_check: {0}); restore it from a backup, or \
+         move it aside to start with an empty database"
+    )]
+    Corrupt(String),
 }
 
-/// Per-connection PRAGMAs, each its own statement, in this order. `busy_timeout` comes first so
-/// that the switch to WAL (which needs an exclusive lock) already waits instead of failing with
-/// "database is locked" when several connections open at once.
-const PRAGMAS: [&str; 4] = [
-    "PRAGMA busy_timeout = 5000;",
-    "PRAGMA journal_mode = WAL;",
-    "PRAGMA synchronous = NORMAL;",
-    "PRAGMA foreign_keys = ON;",
-];
-
 /// Opens the SQLite database at `path`, creating it readable by its owner only, and applies the
-/// per-connection PRAGMAs (busy timeout 5 s, WAL, synchronous NORMAL, foreign keys on).
-pub fn open_connection(path: &str) -> Result<SqliteConnection, DbError> {
+/// per-connection PRAGMAs (busy timeout 5 s, WAL, `durability`'s synchronous level, foreign
+/// keys on). Each is its own statement, in this order: `busy_timeout` comes first so that the
+/// switch to WAL (which needs an exclusive lock) already waits instead of failing with
+/// "database is locked" when several connections open at once.
+pub fn open_connection(path: &str, durability: Durability) -> Result<SqliteConnection, DbError> {
     create_private_file(path)?;
     let mut conn = SqliteConnection::establish(path)?;
-    for pragma in PRAGMAS {
-        conn.batch_execute(pragma)?;
-    }
+    conn.batch_execute("PRAGMA busy_timeout = 5000;")?;
+    conn.batch_execute("PRAGMA journal_mode = WAL;")?;
+    conn.batch_execute(&format!(
+        "PRAGMA synchronous = {};",
+        durability.synchronous()
+    ))?;
+    conn.batch_execute("PRAGMA foreign_keys = ON;")?;
     Ok(conn)
 }
 
@@ -119,7 +127,7 @@ fn create_private_file(_path: &str) -> Result<(), DbError> {
 /// Opens and migrates the database for a command-line operation. The broker may be running on
 /// the same file: its migrations have run already, so this is a no-op then.
 fn open_migrated(db_path: &str) -> Result<SqliteConnection, DbError> {
-    let mut conn = open_connection(db_path)?;
+    let mut conn = open_connection(db_path, Durability::default())?;
     run_migrations(&mut conn)?;
     Ok(conn)
 }
@@ -139,14 +147,17 @@ impl Actor for DbActor {
     type Context = SyncContext<Self>;
 }
 
-/// Migrates the database at `path`, then starts `threads` DbActor threads (at least one), each
-/// with its own connection. Must be called from inside a running actix `System`.
+/// Migrates the database at `path`, checks it for damage ([`sessions::integrity_check`]), then
+/// starts `threads` DbActor threads (at least one), each with its own connection opened with
+/// `durability`. Must be called from inside a running actix `System`.
 ///
 /// SQLite allows one writer at a time, so extra threads only speed up reads.
-pub fn start(path: &str, threads: usize) -> Result<Addr<DbActor>, DbError> {
-    let mut conn = open_connection(path)?;
+pub fn start(path: &str, threads: usize, durability: Durability) -> Result<Addr<DbActor>, DbError> {
+    let mut conn = open_connection(path, durability)?;
     // Once, here: migrating from every worker's factory races on a fresh database.
     run_migrations(&mut conn)?;
+    // Refuse a damaged file now, rather than fail (or lose state) at some later query.
+    sessions::integrity_check(&mut conn)?;
     drop(conn);
     // Compute it now rather than on the first unknown-user login, which would take twice as
     // long as the others and so reveal that the user does not exist.
@@ -158,7 +169,7 @@ pub fn start(path: &str, threads: usize) -> Result<Addr<DbActor>, DbError> {
         // The factory cannot return an error. The same path was opened and migrated just above,
         // so this fails only if the file was removed or the process ran out of descriptors
         // since; a panic then ends this one worker thread with a clear message.
-        let conn = open_connection(&path)
+        let conn = open_connection(&path, durability)
             .unwrap_or_else(|e| panic!("DbActor: cannot reopen database {path}: {e}"));
         DbActor::new(conn)
     }))
@@ -249,6 +260,22 @@ impl Handler<LoadRetained> for DbActor {
     }
 }
 
+impl Handler<Commit> for DbActor {
+    type Result = Result<(), DbError>;
+
+    fn handle(&mut self, msg: Commit, _: &mut Self::Context) -> Self::Result {
+        sessions::apply(&mut self.conn, &msg.ops, msg.alive_at_ms)
+    }
+}
+
+impl Handler<LoadState> for DbActor {
+    type Result = Result<StoredState, DbError>;
+
+    fn handle(&mut self, msg: LoadState, _: &mut Self::Context) -> Self::Result {
+        sessions::load(&mut self.conn, msg.now_ms)
+    }
+}
+
 impl Handler<Checkpoint> for DbActor {
     type Result = Result<(), DbError>;
 
@@ -299,7 +326,7 @@ mod tests {
     #[test]
     fn pragmas_are_in_effect() {
         let (_dir, path) = temp_db();
-        let conn = &mut open_connection(&path).unwrap();
+        let conn = &mut open_connection(&path, Durability::default()).unwrap();
 
         let mode: JournalMode = diesel::sql_query("PRAGMA journal_mode")
             .get_result(conn)
@@ -319,13 +346,93 @@ mod tests {
         assert_eq!(sync.synchronous, 1, "1 = NORMAL");
     }
 
+    #[test]
+    fn power_durability_syncs_fully() {
+        let (_dir, path) = temp_db();
+        let conn = &mut open_connection(&path, Durability::Power).unwrap();
+        let sync: Synchronous = diesel::sql_query("PRAGMA synchronous")
+            .get_result(conn)
+            .unwrap();
+        assert_eq!(sync.synchronous, 2, "2 = FULL");
+    }
+
+    /// Stores `n` messages for one persistent session, `payload_len` bytes each.
+    fn store_messages(conn: &mut SqliteConnection, n: i64, payload_len: usize) {
+        use crate::mqtt::QoS;
+        use crate::persist::{StoreOp, StoredDelivery};
+        use std::sync::Arc;
+
+        let client_id: Arc<str> = Arc::from("c");
+        let mut ops = vec![StoreOp::OpenSession {
+            client_id: client_id.clone(),
+            clean: false,
+            expiry_interval: 3600,
+            will: None,
+        }];
+        for id in 1..=n {
+            let message = Arc::new(AppMessage {
+                topic: Arc::from(format!("t/{id}")),
+                payload: bytes::Bytes::from(vec![b'x'; payload_len]),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: crate::mqtt::Properties::default(),
+                expires_at_ms: None,
+                publisher: Arc::from("p"),
+            });
+            ops.push(StoreOp::Enqueue {
+                client_id: client_id.clone(),
+                message_id: id,
+                message,
+                delivery: StoredDelivery {
+                    seq: id,
+                    packet_id: u16::try_from(id).unwrap(),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    subscription_ids: Vec::new(),
+                    released: false,
+                },
+            });
+        }
+        sessions::apply(conn, &ops, 1).unwrap();
+    }
+
+    #[actix::test]
+    async fn start_refuses_a_damaged_file() {
+        use std::io::{Seek, SeekFrom, Write};
+
+        let (_dir, path) = temp_db();
+        {
+            let conn = &mut open_connection(&path, Durability::default()).unwrap();
+            run_migrations(conn).unwrap();
+            store_messages(conn, 3000, 200);
+            // Move everything from the WAL into the database file.
+            assert!(queries::checkpoint(conn).unwrap());
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(len > 400_000, "{len} bytes");
+        // Two pages of garbage in the middle of the file.
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.seek(SeekFrom::Start(len / 2 / 4096 * 4096)).unwrap();
+        file.write_all(&[0xA5; 8192]).unwrap();
+        drop(file);
+
+        let err = start(&path, 1, Durability::default()).err().unwrap();
+        assert!(matches!(err, DbError::Corrupt(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "the database file is damaged (PRAGMA quick_check: database disk image is \
+             malformed); restore it from a backup, or move it aside to start with an empty \
+             database"
+        );
+    }
+
     #[cfg(unix)]
     #[test]
     fn database_files_are_private() {
         use std::os::unix::fs::PermissionsExt;
 
         let (_dir, path) = temp_db();
-        let conn = &mut open_connection(&path).unwrap();
+        let conn = &mut open_connection(&path, Durability::default()).unwrap();
         run_migrations(conn).unwrap();
         for file in [path.clone(), format!("{path}-wal"), format!("{path}-shm")] {
             let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
@@ -336,14 +443,16 @@ mod tests {
     #[test]
     fn open_fails_in_a_missing_directory() {
         let (_dir, path) = temp_db();
-        let err = open_connection(&format!("{path}/nope/x.db")).err().unwrap();
+        let err = open_connection(&format!("{path}/nope/x.db"), Durability::default())
+            .err()
+            .unwrap();
         assert!(matches!(err, DbError::CreateFile { .. }), "{err}");
     }
 
     #[test]
     fn migrations_run_twice_are_a_no_op() {
         let (_dir, path) = temp_db();
-        let conn = &mut open_connection(&path).unwrap();
+        let conn = &mut open_connection(&path, Durability::default()).unwrap();
         run_migrations(conn).unwrap();
         queries::add_user(conn, "alice", "hash", 1).unwrap();
         run_migrations(conn).unwrap();
@@ -355,11 +464,11 @@ mod tests {
         let (_dir, path) = temp_db();
         let hash = password::hash(b"secret").unwrap();
         {
-            let conn = &mut open_connection(&path).unwrap();
+            let conn = &mut open_connection(&path, Durability::default()).unwrap();
             run_migrations(conn).unwrap();
             queries::add_user(conn, "alice", &hash, 1).unwrap();
         }
-        let db = start(&path, 2).unwrap();
+        let db = start(&path, 2, Durability::default()).unwrap();
 
         let auth = |username: &str, password: Option<&'static [u8]>| Authenticate {
             username: username.to_owned(),
@@ -415,7 +524,7 @@ mod tests {
         assert_eq!(closed, 1, "only c2 was still open");
         db.send(Checkpoint).await.unwrap().unwrap();
 
-        let conn = &mut open_connection(&path).unwrap();
+        let conn = &mut open_connection(&path, Durability::default()).unwrap();
         let c1 = queries::get_client(conn, "c1").unwrap().unwrap();
         assert_eq!(c1.disconnected_at_ms, Some(200));
         assert_eq!(c1.disconnect_reason.as_deref(), Some("client disconnect"));
@@ -427,6 +536,39 @@ mod tests {
     }
 
     #[actix::test]
+    async fn db_actor_handles_commit_and_load_state() {
+        let (_dir, path) = temp_db();
+        let db = start(&path, 2, Durability::default()).unwrap();
+        let empty = db.send(LoadState { now_ms: 10 }).await.unwrap().unwrap();
+        assert!(empty.sessions.is_empty());
+        assert_eq!(empty.last_alive_ms, None);
+
+        let conn = &mut open_connection(&path, Durability::default()).unwrap();
+        store_messages(conn, 3, 10);
+        db.send(Commit {
+            ops: vec![crate::persist::StoreOp::Completed {
+                client_id: "c".into(),
+                packet_id: 2,
+            }],
+            alive_at_ms: 20,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+
+        let state = db.send(LoadState { now_ms: 30 }).await.unwrap().unwrap();
+        assert_eq!(state.last_alive_ms, Some(20));
+        assert_eq!(state.sessions.len(), 1);
+        let packet_ids: Vec<_> = state.sessions[0]
+            .queue
+            .iter()
+            .map(|(_, d)| d.packet_id)
+            .collect();
+        assert_eq!(packet_ids, [1, 3]);
+        assert_eq!((state.next_message_id, state.next_seq), (4, 4));
+    }
+
+    #[actix::test]
     async fn db_actor_handles_acl_and_retained_messages() {
         use crate::acl::{AclAction, AclPermission, AclSubject};
         use crate::mqtt::{Properties, QoS};
@@ -434,7 +576,7 @@ mod tests {
 
         let (_dir, path) = temp_db();
         let (own, everyone) = {
-            let conn = &mut open_connection(&path).unwrap();
+            let conn = &mut open_connection(&path, Durability::default()).unwrap();
             run_migrations(conn).unwrap();
             let mut add = |subject: AclSubject| {
                 queries::add_rule(
@@ -451,7 +593,7 @@ mod tests {
             add(AclSubject::User("bob".into()));
             (own, add(AclSubject::All))
         };
-        let db = start(&path, 2).unwrap();
+        let db = start(&path, 2, Durability::default()).unwrap();
 
         let rules = db
             .send(LoadAcl {

@@ -243,8 +243,8 @@ pub fn load_retained(conn: &mut SqliteConnection, now_ms: i64) -> Result<Vec<App
 
 /// Encodes the properties that travel with a message [MQTT-3.3.2-17] [MQTT-3.3.2-18]. Nothing
 /// else is kept, so that the block always decodes as PUBLISH properties again; the expiry has
-/// its own column.
-fn encode_forwarded(properties: &Properties) -> Result<Vec<u8>, EncodeError> {
+/// its own column. Also the encoding of `messages.properties` and `sessions.will_properties`.
+pub(super) fn encode_forwarded(properties: &Properties) -> Result<Vec<u8>, EncodeError> {
     let forwarded = Properties {
         payload_format_indicator: properties.payload_format_indicator,
         content_type: properties.content_type.clone(),
@@ -258,6 +258,17 @@ fn encode_forwarded(properties: &Properties) -> Result<Vec<u8>, EncodeError> {
     Ok(block.into())
 }
 
+/// Decodes a block written by [`encode_forwarded`]; `Err` describes what is wrong with it.
+pub(super) fn decode_forwarded(block: Vec<u8>) -> Result<Properties, String> {
+    let mut block = Bytes::from(block);
+    let properties = Properties::decode(&mut block, PropertyContext::Publish)
+        .map_err(|e| format!("properties: {e}"))?;
+    if !block.is_empty() {
+        return Err(format!("{} bytes after the property block", block.len()));
+    }
+    Ok(properties)
+}
+
 fn retained_message(row: RetainedRow) -> Result<AppMessage, DbError> {
     let corrupt = |detail: String| DbError::CorruptRow {
         table: "retained",
@@ -269,15 +280,7 @@ fn retained_message(row: RetainedRow) -> Result<AppMessage, DbError> {
         .ok()
         .and_then(QoS::from_u8)
         .ok_or_else(|| corrupt(format!("QoS {}", row.qos)))?;
-    let mut block = Bytes::from(row.properties);
-    let properties = Properties::decode(&mut block, PropertyContext::Publish)
-        .map_err(|e| corrupt(format!("properties: {e}")))?;
-    if !block.is_empty() {
-        return Err(corrupt(format!(
-            "{} bytes after the property block",
-            block.len()
-        )));
-    }
+    let properties = decode_forwarded(row.properties).map_err(corrupt)?;
     Ok(AppMessage {
         topic: Arc::from(row.topic),
         payload: Bytes::from(row.payload),
@@ -407,12 +410,13 @@ pub fn checkpoint(conn: &mut SqliteConnection) -> Result<bool, DbError> {
 mod tests {
     use super::*;
     use crate::db::{open_connection, run_migrations};
+    use crate::persist::Durability;
     use diesel::connection::SimpleConnection;
 
     fn test_db() -> (tempfile::TempDir, SqliteConnection) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("test.db").display().to_string();
-        let mut conn = open_connection(&path).unwrap();
+        let mut conn = open_connection(&path, Durability::default()).unwrap();
         run_migrations(&mut conn).unwrap();
         (dir, conn)
     }
@@ -1000,7 +1004,7 @@ mod tests {
     fn checkpoint_truncates_the_wal() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("test.db").display().to_string();
-        let mut conn = open_connection(&path).unwrap();
+        let mut conn = open_connection(&path, Durability::default()).unwrap();
         run_migrations(&mut conn).unwrap();
         add_user(&mut conn, "alice", "h", 1).unwrap();
         assert!(std::fs::metadata(format!("{path}-wal")).unwrap().len() > 0);

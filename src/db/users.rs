@@ -82,6 +82,7 @@ fn hash_new_password(password: &str) -> Result<String, DbError> {
 mod tests {
     use super::*;
     use crate::db::open_connection;
+    use crate::persist::Durability;
 
     fn temp_db() -> (tempfile::TempDir, String) {
         let dir = tempfile::tempdir().unwrap();
@@ -93,7 +94,7 @@ mod tests {
     fn authenticate_known_unknown_and_missing_passwords() {
         let (_dir, path) = temp_db();
         add_user(&path, "alice", "secret").unwrap();
-        let conn = &mut open_connection(&path).unwrap();
+        let conn = &mut open_connection(&path, Durability::default()).unwrap();
 
         assert!(authenticate(conn, "alice", Some(b"secret")).unwrap());
         assert!(!authenticate(conn, "alice", Some(b"wrong")).unwrap());
@@ -134,7 +135,7 @@ mod tests {
         assert!(users.iter().all(|u| u.created_at_ms > 0));
 
         set_password(&path, "bob", "pw3").unwrap();
-        let conn = &mut open_connection(&path).unwrap();
+        let conn = &mut open_connection(&path, Durability::default()).unwrap();
         assert!(authenticate(conn, "bob", Some(b"pw3")).unwrap());
         assert!(!authenticate(conn, "bob", Some(b"pw1")).unwrap());
         assert!(matches!(

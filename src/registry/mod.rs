@@ -15,30 +15,44 @@
 //! deliveries that hold no acknowledgement (QoS 0, or for a stuck subscriber); those that do
 //! are bounded by their publishers' Receive Maximum.
 
+mod kept;
 pub mod retained;
 pub mod subscriptions;
 
-use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use log::{debug, info};
+use log::{debug, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::unix_millis;
+use crate::db::DbActor;
 use crate::message::{AppMessage, Delivery};
 use crate::messages::{
-    ActiveClients, Close, Publish, Register, Shutdown, Subscribe, SubscribeOutcome, SubscribeReply,
-    Unregister, Unsubscribe,
+    AckStep, Acknowledged, ActiveClients, Close, Commit, Flush, Publish, Register, Registered,
+    Shutdown, StoreRetained, Subscribe, SubscribeOutcome, SubscribeReply, Unregister, Unsubscribe,
 };
 use crate::mqtt::{QoS, ReasonCode, RetainHandling, topic};
+use crate::persist::{StoreOp, StoredState, StoredWill, session_deadline};
 use crate::session::Abort;
 use crate::stats::Counters;
+use kept::{AckGroup, Deferred, Journal, Kept, Waiter};
 use retained::RetainedStore;
 use subscriptions::{Route, SubscriptionTree};
+
+/// What `store` did with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    /// Not for a persistent session (or QoS 0 to a connected one): queue it as it is.
+    NotKept,
+    /// Numbered and journalled: it may be sent once committed.
+    Journalled,
+    /// Not kept: the session is offline and full, out of packet ids, or it is QoS 0.
+    Dropped,
+}
 
 struct Entry {
     conn_id: u64,
@@ -78,31 +92,32 @@ struct Held {
     ack: Option<Rc<AckGroup>>,
 }
 
-/// One published message's deliveries that have not reached their queues yet; the publisher's
-/// acknowledgement is released when the last one has (or when its holder is dropped: a
-/// subscriber that went away, or one found stuck).
-struct AckGroup(Cell<Option<oneshot::Sender<()>>>);
-
-impl Drop for AckGroup {
-    fn drop(&mut self) {
-        if let Some(reply) = self.0.take() {
-            let _ = reply.send(());
-        }
-    }
+/// What the Registry is configured with.
+pub struct Settings {
+    /// Most deliveries one subscriber's backlog holds (`max_queued_messages`), and most
+    /// messages an offline persistent session keeps.
+    pub backlog_limit: usize,
+    /// Most payload bytes an offline persistent session keeps.
+    pub max_queued_bytes: usize,
+    /// For retained Wills published by the Registry.
+    pub max_retained_messages: usize,
+    /// How often `$SYS` topics are published; `None` = never.
+    pub sys_interval: Option<Duration>,
 }
 
 /// Holds the active clients, their subscriptions and the retained messages.
 pub struct Registry {
     clients: HashMap<Arc<str>, Entry>,
+    /// Persistent sessions, connected or not (see `kept`).
+    kept: HashMap<Arc<str>, Kept>,
+    journal: Journal,
+    db: Addr<DbActor>,
     subscriptions: SubscriptionTree,
     retained: RetainedStore<Arc<AppMessage>>,
     counters: Arc<Counters>,
     /// Reused by every `route` call, so routing does not allocate a Vec per message.
     routes: Vec<Route>,
-    /// Most deliveries one subscriber's backlog holds (`max_queued_messages`).
-    backlog_limit: usize,
-    /// How often `$SYS` topics are published; `None` = never.
-    sys_interval: Option<Duration>,
+    settings: Settings,
     started_at: std::time::Instant,
     /// Replies owed to `Shutdown` callers, sent when the last client has unregistered.
     shutdown_waiters: Vec<oneshot::Sender<()>>,
@@ -116,6 +131,10 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(1);
 /// How long a backlog may stand still before its subscriber is treated as stuck.
 const HOLD_LIMIT: Duration = Duration::from_millis(500);
 
+/// How often persistent sessions are checked for expiry and due Wills, and the broker's
+/// liveness is recorded (it dates the end of sessions connected at a crash).
+const TICK: Duration = Duration::from_secs(1);
+
 /// Room for messages from sessions. A session whose `try_send` finds it full waits for room and
 /// stops reading its socket meanwhile; a larger mailbox only absorbs bursts.
 const MAILBOX_CAPACITY: usize = 1024;
@@ -125,7 +144,10 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-        if let Some(every) = self.sys_interval {
+        ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
+        // Sessions that were connected at a crash were ended in `new`; store that now.
+        self.commit_soon(ctx);
+        if let Some(every) = self.settings.sys_interval {
             self.publish_sys(ctx);
             ctx.run_interval(every, |act, ctx| act.publish_sys(ctx));
         }
@@ -133,30 +155,203 @@ impl Actor for Registry {
 }
 
 impl Registry {
-    /// A registry holding the retained messages loaded from the database.
+    /// A registry holding the retained messages and persistent sessions loaded from the
+    /// database. Sessions that were connected when the previous run stopped (a crash) are
+    /// ended as of its last sign of life: they start to expire, and their Wills become due.
     pub fn new(
         retained_messages: Vec<AppMessage>,
+        stored: StoredState,
         counters: Arc<Counters>,
-        backlog_limit: usize,
-        sys_interval: Option<Duration>,
+        db: Addr<DbActor>,
+        settings: Settings,
     ) -> Registry {
         let mut retained = RetainedStore::new();
         for message in retained_messages {
             let topic = message.topic.clone();
             retained.insert(&topic, Arc::new(message));
         }
+        let mut journal = Journal::new(stored.next_message_id, stored.next_seq);
+        let mut subscriptions = SubscriptionTree::default();
+        let mut kept = HashMap::new();
+        let crashed_at = stored.last_alive_ms.unwrap_or_else(unix_millis);
+        for session in stored.sessions {
+            let client: Arc<str> = session.client_id.as_str().into();
+            let mut state = Kept::restore(&session);
+            for (filter, subscription) in &session.subscriptions {
+                subscriptions.subscribe(&client, filter, *subscription);
+            }
+            let will_at = match session.expires_at_ms {
+                Some(_) => session.will_at_ms,
+                None => {
+                    let interval = session.expiry_interval;
+                    state.expires_at_ms = session_deadline(crashed_at, interval);
+                    let will_at = session
+                        .will
+                        .as_ref()
+                        .map(|w| crashed_at + i64::from(w.delay.min(interval)) * 1000);
+                    journal.push(StoreOp::CloseSession {
+                        client_id: client.clone(),
+                        expires_at_ms: state.expires_at_ms,
+                        will_at_ms: will_at,
+                    });
+                    will_at
+                }
+            };
+            state.will = will_at.zip(session.will);
+            kept.insert(client, state);
+        }
+        if !kept.is_empty() {
+            info!("{} persistent session(s) restored", kept.len());
+        }
         Registry {
             clients: HashMap::new(),
-            subscriptions: SubscriptionTree::default(),
+            kept,
+            journal,
+            db,
+            subscriptions,
             retained,
             counters,
             routes: Vec::new(),
-            backlog_limit,
-            sys_interval,
+            settings,
             started_at: std::time::Instant::now(),
             shutdown_waiters: Vec::new(),
             shutting_down: false,
         }
+    }
+
+    /// Commits the journal's next batch, unless one is being committed: what arrives
+    /// meanwhile waits for the next (group commit). The waiters are released once the
+    /// database has answered.
+    fn commit_soon(&mut self, ctx: &mut Context<Self>) {
+        let Some((ops, waiting)) = self.journal.take_batch() else {
+            return;
+        };
+        let commit = Commit {
+            ops,
+            alive_at_ms: unix_millis(),
+        };
+        self.db
+            .send(commit)
+            .into_actor(self)
+            .map(move |result, act, ctx| {
+                let committed = match result {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        warn!("storing persistent session state failed: {e}");
+                        false
+                    }
+                    Err(e) => {
+                        warn!("database actor unavailable: {e}");
+                        false
+                    }
+                };
+                Counters::add(&act.counters.commits);
+                if !committed {
+                    Counters::add(&act.counters.commits_failed);
+                }
+                for deferred in act.journal.finished(waiting, committed) {
+                    act.queue(&deferred.client, deferred.delivery, &deferred.ack, ctx);
+                }
+                act.commit_soon(ctx);
+            })
+            .spawn(ctx);
+    }
+
+    /// Every `TICK`: expires offline persistent sessions, publishes the Wills that are due,
+    /// and records that the broker is alive.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let now = unix_millis();
+        let mut wills = Vec::new();
+        let mut expired = Vec::new();
+        for (client, kept) in &mut self.kept {
+            if self.clients.contains_key(client) {
+                continue;
+            }
+            if kept.expires_at_ms.is_some_and(|at| at <= now) {
+                expired.push(client.clone());
+            } else if kept.will.as_ref().is_some_and(|(at, _)| *at <= now) {
+                wills.extend(kept.will.take().map(|(_, w)| w));
+                self.journal.push(StoreOp::CloseSession {
+                    client_id: client.clone(),
+                    expires_at_ms: kept.expires_at_ms,
+                    will_at_ms: None,
+                });
+            }
+        }
+        for client in expired {
+            debug!("session {client:?} expired");
+            Counters::add(&self.counters.sessions_expired);
+            if let Some(kept) = self.kept.remove(&client) {
+                // The session ends: its Will goes now if its delay has not run out yet.
+                wills.extend(kept.will.map(|(_, w)| w));
+            }
+            self.subscriptions.remove_client(&client);
+            self.journal
+                .push(StoreOp::DeleteSession { client_id: client });
+        }
+        for will in wills {
+            self.publish_will(&will, ctx);
+        }
+        if !self.kept.is_empty() && self.journal.is_idle() {
+            // Nothing else to commit: an empty batch still records the time.
+            drop(self.journal.committed());
+        }
+        self.commit_soon(ctx);
+    }
+
+    /// Publishes a Will on behalf of a session that has no connection: a retained one is
+    /// committed to the retained table first, as a PUBLISH would be.
+    fn publish_will(&mut self, will: &StoredWill, ctx: &mut Context<Self>) {
+        let message = will.publication(unix_millis());
+        if !message.retain {
+            self.publish(message, &AckGroup::new(None), ctx);
+            return;
+        }
+        let store = StoreRetained {
+            message: message.clone(),
+            max_messages: self.settings.max_retained_messages,
+        };
+        self.db
+            .send(store)
+            .into_actor(self)
+            .map(move |result, act, ctx| {
+                let message = match result {
+                    Ok(Ok(true)) => message,
+                    Ok(Ok(false)) => {
+                        Counters::add(&act.counters.retained_refused);
+                        Arc::new(AppMessage {
+                            retain: false,
+                            ..AppMessage::clone(&message)
+                        })
+                    }
+                    Ok(Err(e)) => {
+                        warn!("storing a retained Will failed: {e}");
+                        message
+                    }
+                    Err(e) => {
+                        warn!("database actor unavailable: {e}");
+                        message
+                    }
+                };
+                act.publish(message, &AckGroup::new(None), ctx);
+                act.commit_soon(ctx);
+            })
+            .spawn(ctx);
+    }
+
+    /// Updates the retained store for a RETAIN message, then routes it.
+    fn publish(&mut self, message: Arc<AppMessage>, ack: &Rc<AckGroup>, ctx: &mut Context<Self>) {
+        if message.retain {
+            // [MQTT-3.3.1-6] [MQTT-3.3.1-7]: an empty payload clears the topic's retained
+            // message and is not stored itself.
+            if message.payload.is_empty() {
+                self.retained.remove(&message.topic);
+            } else {
+                self.retained
+                    .insert(&message.topic.clone(), message.clone());
+            }
+        }
+        self.route(&message, ack, ctx);
     }
 
     /// Publishes the broker's state under `$SYS/broker/` with Mosquitto's topic names, retained
@@ -191,8 +386,7 @@ impl Registry {
                 publisher: "$SYS".into(),
             });
             self.retained.insert(&topic, message.clone());
-            let nobody_waits = Rc::new(AckGroup(Cell::new(None)));
-            self.route(&message, &nobody_waits, ctx);
+            self.route(&message, &AckGroup::new(None), ctx);
         }
     }
 
@@ -223,10 +417,80 @@ impl Registry {
         }
     }
 
+    /// Stores a QoS 1/2 delivery for a persistent session: numbered, tracked until the client
+    /// acknowledges it, and journalled (`ack` waits for the commit).
+    fn store(
+        &mut self,
+        client: &Arc<str>,
+        delivery: &mut Delivery,
+        message_id: &mut Option<i64>,
+        ack: &Rc<AckGroup>,
+    ) -> Stored {
+        let online = self.clients.contains_key(client);
+        let Some(kept) = self.kept.get_mut(client) else {
+            return Stored::NotKept;
+        };
+        let limits = (self.settings.backlog_limit, self.settings.max_queued_bytes);
+        if delivery.qos == QoS::AtMostOnce {
+            // QoS 0 is not kept for offline sessions (Mosquitto's default too).
+            return if online {
+                Stored::NotKept
+            } else {
+                Stored::Dropped
+            };
+        }
+        if !online && kept.is_full(limits.0, limits.1) {
+            Counters::add(&self.counters.dropped_session_full);
+            return Stored::Dropped;
+        }
+        let seq = self.journal.seq();
+        let Some(stored) = kept.track(seq, delivery) else {
+            Counters::add(&self.counters.dropped_session_full);
+            return Stored::Dropped;
+        };
+        if online {
+            kept.handed(seq);
+        }
+        let message_id = *message_id.get_or_insert_with(|| self.journal.message_id());
+        self.journal.push(StoreOp::Enqueue {
+            client_id: client.clone(),
+            message_id,
+            message: delivery.message.clone(),
+            delivery: stored,
+        });
+        self.journal.wait(Waiter::Ack(ack.clone()));
+        Stored::Journalled
+    }
+
     /// Queues a delivery for `client` without waiting: into its queue if nothing is waiting
     /// before it and there is room, else at the end of its backlog (holding `ack` while the
-    /// subscriber is not stuck), else nowhere (dropped and counted).
+    /// subscriber is not stuck), else nowhere (dropped and counted). A persistent session's
+    /// QoS 1/2 messages are stored first, so one that cannot be queued now is sent on resume.
     fn offer(
+        &mut self,
+        client: &Arc<str>,
+        mut delivery: Delivery,
+        ack: &Rc<AckGroup>,
+        message_id: &mut Option<i64>,
+        ctx: &mut Context<Self>,
+    ) {
+        match self.store(client, &mut delivery, message_id, ack) {
+            Stored::NotKept => self.queue(client, delivery, ack, ctx),
+            Stored::Dropped => {}
+            // Sent once committed; an offline session gets it when it resumes.
+            Stored::Journalled if self.clients.contains_key(client) => {
+                self.journal.defer(Deferred {
+                    client: client.clone(),
+                    delivery,
+                    ack: ack.clone(),
+                });
+            }
+            Stored::Journalled => {}
+        }
+    }
+
+    /// Puts a delivery in a connected client's queue, or its backlog, or drops it.
+    fn queue(
         &mut self,
         client: &Arc<str>,
         delivery: Delivery,
@@ -248,7 +512,7 @@ impl Registry {
         // A delivery that holds its publisher's acknowledgement is bounded by that publisher's
         // Receive Maximum, so only the others count against the backlog limit.
         let hold = delivery.qos != QoS::AtMostOnce && !entry.stuck;
-        if !hold && entry.backlog.len() >= self.backlog_limit {
+        if !hold && entry.backlog.len() >= self.settings.backlog_limit {
             self.count_drop(&delivery);
             return;
         }
@@ -327,23 +591,80 @@ impl Registry {
         let mut routes = std::mem::take(&mut self.routes);
         self.subscriptions
             .route(&message.topic, &message.publisher, &mut routes);
+        // Stored once, however many persistent sessions it goes to.
+        let mut message_id = None;
         for route in routes.drain(..) {
             let delivery = Delivery {
                 message: message.clone(),
                 qos: message.qos.min(route.qos),
                 retain: message.retain && route.retain_as_published,
                 subscription_ids: route.subscription_ids,
+                packet_id: None,
+                dup: false,
             };
-            self.offer(&route.client, delivery, ack, ctx);
+            self.offer(&route.client, delivery, ack, &mut message_id, ctx);
         }
         self.routes = routes;
     }
 }
 
-impl Handler<Register> for Registry {
-    type Result = ResponseFuture<()>;
+impl Registry {
+    /// The persistent-session side of a new connection: resume, discard or create the stored
+    /// session, and journal it.
+    fn open_session(&mut self, msg: &mut Register, ctx: &mut Context<Self>) -> Registered {
+        let client = msg.client_id.clone();
+        let mut reply = Registered::default();
+        if let Some(mut old) = self.kept.remove(&client) {
+            if msg.clean_start {
+                // [MQTT-3.1.2-4]: the old session ends, and a Will it still owed goes now.
+                if let Some((_, will)) = old.will.take() {
+                    self.publish_will(&will, ctx);
+                }
+                self.journal.push(StoreOp::DeleteSession {
+                    client_id: client.clone(),
+                });
+            } else {
+                // A new connection before the Will Delay ran out: no Will [MQTT-3.1.3-9].
+                old.will = None;
+                reply.session_present = true;
+                (reply.release, reply.resend) = old.resume();
+                reply.inbound_qos2 = old.inbound_qos2.iter().copied().collect();
+                if msg.expiry_interval > 0 {
+                    old.expiry_interval = msg.expiry_interval;
+                    old.expires_at_ms = None;
+                    self.kept.insert(client.clone(), old);
+                } else {
+                    // Resumed, but it now ends with this connection: nothing more is stored.
+                    self.journal.push(StoreOp::DeleteSession {
+                        client_id: client.clone(),
+                    });
+                }
+            }
+        }
+        if !reply.session_present {
+            self.subscriptions.remove_client(&client);
+        }
+        if msg.expiry_interval > 0 {
+            self.kept
+                .entry(client.clone())
+                .or_insert_with(|| Kept::new(msg.expiry_interval));
+            self.journal.push(StoreOp::OpenSession {
+                client_id: client,
+                clean: !reply.session_present,
+                expiry_interval: msg.expiry_interval,
+                will: msg.will.take(),
+            });
+            reply.committed = Some(self.journal.committed());
+        }
+        self.commit_soon(ctx);
+        reply
+    }
+}
 
-    fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> Self::Result {
+impl Handler<Register> for Registry {
+    type Result = ResponseFuture<Registered>;
+
+    fn handle(&mut self, mut msg: Register, ctx: &mut Context<Self>) -> Self::Result {
         if self.shutting_down {
             // Accepted just before the listener stopped: close it like everyone else.
             let session = msg.session;
@@ -353,8 +674,10 @@ impl Handler<Register> for Registry {
                         reason: ReasonCode::ServerShuttingDown,
                     })
                     .await;
+                Registered::default()
             });
         }
+        let reply = self.open_session(&mut msg, ctx);
         let new = Entry::new(msg.conn_id, msg.session, msg.deliveries, msg.abort);
         match self.clients.insert(msg.client_id.clone(), new) {
             Some(old) => {
@@ -362,8 +685,6 @@ impl Handler<Register> for Registry {
                     "client {:?}: taken over by connection {}",
                     msg.client_id, msg.conn_id
                 );
-                // Sessions are not kept after their connection yet: the new one starts empty.
-                self.subscriptions.remove_client(&msg.client_id);
                 // Control messages are one per take-over, so `send` (which waits for mailbox
                 // room) cannot pile up; the new session waits until the old one has ended,
                 // unless the old one is stalled on a client that does not read.
@@ -382,9 +703,10 @@ impl Handler<Register> for Registry {
                         old.abort.trigger();
                         let _ = tokio::time::timeout(TAKEOVER_WAIT, close).await;
                     }
+                    reply
                 })
             }
-            None => Box::pin(async {}),
+            None => Box::pin(async { reply }),
         }
     }
 }
@@ -392,24 +714,112 @@ impl Handler<Register> for Registry {
 impl Handler<Unregister> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Unregister, ctx: &mut Context<Self>) {
         if self.owns(&msg.client_id, msg.conn_id) {
-            self.clients.remove(&msg.client_id);
-            self.subscriptions.remove_client(&msg.client_id);
-            debug!("client {:?}: unregistered", msg.client_id);
+            let client = msg.client_id;
+            self.clients.remove(&client);
+            match self.kept.get_mut(&client) {
+                Some(kept) if msg.expiry_interval > 0 => {
+                    let now = unix_millis();
+                    let interval = msg.expiry_interval;
+                    kept.expiry_interval = interval;
+                    kept.expires_at_ms = session_deadline(now, interval);
+                    // Due at the earlier of the Will Delay and the end of the session.
+                    kept.will = msg
+                        .delayed_will
+                        .map(|w| (now + i64::from(w.delay.min(interval)) * 1000, w));
+                    self.journal.push(StoreOp::CloseSession {
+                        client_id: client.clone(),
+                        expires_at_ms: kept.expires_at_ms,
+                        will_at_ms: kept.will.as_ref().map(|(at, _)| *at),
+                    });
+                }
+                Some(_) => {
+                    // DISCONNECT set the Session Expiry Interval to 0: the session ends now.
+                    self.kept.remove(&client);
+                    self.subscriptions.remove_client(&client);
+                    self.journal.push(StoreOp::DeleteSession {
+                        client_id: client.clone(),
+                    });
+                }
+                None => self.subscriptions.remove_client(&client),
+            }
+            debug!("client {client:?}: unregistered");
+            self.commit_soon(ctx);
         }
         self.notify_if_drained();
+    }
+}
+
+impl Handler<Acknowledged> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Acknowledged, ctx: &mut Context<Self>) {
+        let id = msg.packet_id;
+        let Some(kept) = self.kept.get_mut(&msg.client_id) else {
+            // Not a persistent session (any more): nothing is stored to wait for.
+            match msg.step {
+                AckStep::Completed => {}
+                AckStep::Released(reply) | AckStep::InboundReleased(reply) => {
+                    let _ = reply.send(true);
+                }
+            }
+            return;
+        };
+        let client_id = msg.client_id;
+        match msg.step {
+            AckStep::Completed => {
+                if kept.complete(id) {
+                    self.journal.push(StoreOp::Completed {
+                        client_id,
+                        packet_id: id,
+                    });
+                }
+            }
+            AckStep::Released(reply) => {
+                if kept.release(id) {
+                    self.journal.push(StoreOp::Released {
+                        client_id,
+                        packet_id: id,
+                    });
+                }
+                self.journal.wait(Waiter::Reply(reply));
+            }
+            AckStep::InboundReleased(reply) => {
+                if kept.inbound_qos2.remove(&id) {
+                    self.journal.push(StoreOp::InboundReleased {
+                        client_id,
+                        packet_id: id,
+                    });
+                }
+                self.journal.wait(Waiter::Reply(reply));
+            }
+        }
+        self.commit_soon(ctx);
+    }
+}
+
+impl Handler<Flush> for Registry {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
+        let committed = self.journal.committed();
+        self.commit_soon(ctx);
+        Box::pin(async move {
+            let _ = committed.await;
+        })
     }
 }
 
 impl Handler<Subscribe> for Registry {
     type Result = MessageResult<Subscribe>;
 
-    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
         let now = unix_millis();
         let mut reply = SubscribeReply {
             outcomes: Vec::with_capacity(msg.filters.len()),
             retained: Vec::new(),
+            committed: None,
         };
         if !self.owns(&msg.client_id, msg.conn_id) {
             // From a connection already taken over; it is closing and needs no answer.
@@ -433,6 +843,13 @@ impl Handler<Subscribe> for Registry {
             } else {
                 SubscribeOutcome::Added
             });
+            if self.kept.contains_key(&msg.client_id) {
+                self.journal.push(StoreOp::Subscribe {
+                    client_id: msg.client_id.clone(),
+                    filter: filter.as_str().into(),
+                    subscription,
+                });
+            }
             // Retained messages are never sent for shared subscriptions (§4.8.2).
             let send_retained = match options.retain_handling {
                 RetainHandling::SendAtSubscribe => true,
@@ -448,14 +865,27 @@ impl Handler<Subscribe> for Registry {
                 if message.remaining_expiry(now) == Some(0) {
                     continue;
                 }
-                reply.retained.push(Delivery {
+                let mut delivery = Delivery {
                     qos: message.qos.min(options.qos),
                     message,
                     // [MQTT-3.3.1-9]: retained messages sent on subscribe carry RETAIN 1.
                     retain: true,
                     subscription_ids: identifier.into_iter().collect(),
-                });
+                    packet_id: None,
+                    dup: false,
+                };
+                // For a persistent session, SUBACK (and so these) waits for the commit.
+                let nobody_waits = AckGroup::new(None);
+                if self.store(&msg.client_id, &mut delivery, &mut None, &nobody_waits)
+                    != Stored::Dropped
+                {
+                    reply.retained.push(delivery);
+                }
             }
+        }
+        if self.kept.contains_key(&msg.client_id) {
+            reply.committed = Some(self.journal.committed());
+            self.commit_soon(ctx);
         }
         MessageResult(reply)
     }
@@ -464,16 +894,27 @@ impl Handler<Subscribe> for Registry {
 impl Handler<Unsubscribe> for Registry {
     type Result = MessageResult<Unsubscribe>;
 
-    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Unsubscribe, ctx: &mut Context<Self>) -> Self::Result {
         if !self.owns(&msg.client_id, msg.conn_id) {
-            return MessageResult(vec![false; msg.filters.len()]);
+            return MessageResult((vec![false; msg.filters.len()], None));
         }
-        MessageResult(
-            msg.filters
-                .iter()
-                .map(|f| self.subscriptions.unsubscribe(&msg.client_id, f))
-                .collect(),
-        )
+        let existed: Vec<bool> = msg
+            .filters
+            .iter()
+            .map(|f| self.subscriptions.unsubscribe(&msg.client_id, f))
+            .collect();
+        if !self.kept.contains_key(&msg.client_id) {
+            return MessageResult((existed, None));
+        }
+        for (filter, _) in msg.filters.iter().zip(&existed).filter(|(_, had)| **had) {
+            self.journal.push(StoreOp::Unsubscribe {
+                client_id: msg.client_id.clone(),
+                filter: filter.as_str().into(),
+            });
+        }
+        let committed = self.journal.committed();
+        self.commit_soon(ctx);
+        MessageResult((existed, Some(committed)))
     }
 }
 
@@ -481,20 +922,20 @@ impl Handler<Publish> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) {
-        let message = msg.message;
-        if message.retain {
-            // [MQTT-3.3.1-6] [MQTT-3.3.1-7]: an empty payload clears the topic's retained
-            // message and is not stored itself.
-            if message.payload.is_empty() {
-                self.retained.remove(&message.topic);
-            } else {
-                self.retained
-                    .insert(&message.topic.clone(), message.clone());
-            }
+        // Dropped at the end of this handler unless a backlog or the journal holds on to it.
+        let ack = AckGroup::new(msg.ack);
+        if let Some(id) = msg.inbound_qos2
+            && let Some(kept) = self.kept.get_mut(&msg.message.publisher)
+            && kept.inbound_qos2.insert(id)
+        {
+            self.journal.push(StoreOp::InboundQos2 {
+                client_id: msg.message.publisher.clone(),
+                packet_id: id,
+            });
+            self.journal.wait(Waiter::Ack(ack.clone()));
         }
-        // Dropped at the end of this handler unless a backlog holds on to it.
-        let ack = Rc::new(AckGroup(Cell::new(msg.ack)));
-        self.route(&message, &ack, ctx);
+        self.publish(msg.message, &ack, ctx);
+        self.commit_soon(ctx);
     }
 }
 

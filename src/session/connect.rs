@@ -11,15 +11,16 @@ use super::{Client, Phase, Session, SessionError};
 use crate::acl::Acl;
 use crate::clock::unix_millis;
 use crate::config::AclDefault;
-use crate::messages::{Authenticate, LoadAcl, RecordConnect, Register};
-use crate::mqtt::{ConnAck, Connect, Packet, Properties, ProtocolVersion, topic};
+use crate::messages::{Authenticate, LoadAcl, RecordConnect, Register, Registered};
+use crate::mqtt::{Ack, ConnAck, Connect, Packet, Properties, ProtocolVersion, topic};
+use crate::persist::StoredWill;
 
 /// What CONNACK has to tell the client beyond success.
 struct Accepted {
     assigned_client_id: bool,
     server_keep_alive: Option<u16>,
-    /// The client asked for a Session Expiry the broker does not keep yet.
-    session_expiry_overridden: bool,
+    /// The Session Expiry Interval granted, when it is not the one asked for (§3.2.2.3.2).
+    session_expiry_granted: Option<u32>,
     request_response_information: bool,
 }
 
@@ -68,11 +69,18 @@ impl Session {
 
         let client_id: Arc<str> = client_id.into();
         let p = &connect.properties;
-        let session_expiry = p.session_expiry_interval.unwrap_or(0);
+        let max_expiry = self.shared.config.limits.max_session_expiry;
+        // 3.1.1 has no Session Expiry: Clean Session 0 keeps the session as long as allowed.
+        let asked = match version {
+            ProtocolVersion::V5 => p.session_expiry_interval.unwrap_or(0),
+            _ if connect.clean_start => 0,
+            _ => u32::MAX,
+        };
+        let session_expiry = asked.min(max_expiry);
         let accepted = Accepted {
             assigned_client_id,
             server_keep_alive,
-            session_expiry_overridden: session_expiry != 0,
+            session_expiry_granted: (session_expiry != asked).then_some(session_expiry),
             request_response_information: p.request_response_information == Some(1),
         };
         self.client = Some(Client {
@@ -107,13 +115,23 @@ impl Session {
         self.deliveries = Some(deliveries_rx);
         let db = self.shared.db.clone();
         let registry = self.shared.registry.clone();
-        let register = Register {
+        let will = self
+            .client
+            .as_ref()
+            .and_then(|c| c.will.as_ref())
+            .filter(|_| session_expiry > 0)
+            .map(|w| StoredWill::new(w, &client_id));
+        let mut register = Register {
             client_id: client_id.clone(),
             conn_id: self.conn_id,
             session: ctx.address().recipient(),
             deliveries: deliveries_tx,
             abort: self.abort.clone(),
+            clean_start: connect.clean_start,
+            expiry_interval: session_expiry,
+            will,
         };
+        let acl_default = self.shared.config.acl_default == AclDefault::Allow;
         let record = RecordConnect {
             client_id: client_id.to_string(),
             connection_id: self.conn_id as i64,
@@ -126,6 +144,8 @@ impl Session {
             username: connect.username.clone(),
             client_id: client_id.to_string(),
         };
+        let username_for_acl = connect.username.clone();
+        let acl_client = client_id.clone();
         let username = connect.username;
         let password = connect.password;
         let unavailable =
@@ -146,16 +166,32 @@ impl Session {
                 Ok(Err(e)) => return Err(unavailable(&e)),
                 Err(e) => return Err(unavailable(&e)),
             };
-            registry.send(register).await.map_err(|e| unavailable(&e))?;
+            // A Will stored for after a crash must be one the client may publish.
+            let acl = Acl::new(
+                rules.clone(),
+                username_for_acl.as_deref(),
+                &acl_client,
+                acl_default,
+            );
+            register.will = register
+                .will
+                .filter(|w| super::may_publish(&acl, &w.message.topic));
+            let mut registered = registry.send(register).await.map_err(|e| unavailable(&e))?;
+            // Session Present and the session's state are promised only once committed.
+            if let Some(committed) = registered.committed.take()
+                && committed.await != Ok(true)
+            {
+                return Err(SessionError::StorageFailed);
+            }
             match db.send(record).await {
-                Ok(Ok(())) => Ok(rules),
+                Ok(Ok(())) => Ok((rules, registered)),
                 Ok(Err(e)) => Err(unavailable(&e)),
                 Err(e) => Err(unavailable(&e)),
             }
         }
         .into_actor(self)
         .map(move |result, act, ctx| match result {
-            Ok(rules) => act.accept(rules, accepted, ctx),
+            Ok((rules, registered)) => act.accept(rules, registered, accepted, ctx),
             Err(err) => {
                 match &err {
                     SessionError::ServerUnavailable(why) => {
@@ -227,6 +263,7 @@ impl Session {
     fn accept(
         &mut self,
         rules: Vec<crate::acl::AclRule>,
+        registered: Registered,
         accepted: Accepted,
         ctx: &mut Context<Self>,
     ) {
@@ -252,9 +289,7 @@ impl Session {
                     .assigned_client_id
                     .then(|| client.client_id.to_string()),
                 server_keep_alive: accepted.server_keep_alive,
-                // Sessions end with their connection until persistent sessions are built:
-                // the client is told so instead of being promised an expiry [§3.2.2.3.2].
-                session_expiry_interval: accepted.session_expiry_overridden.then_some(0),
+                session_expiry_interval: accepted.session_expiry_granted,
                 response_information: config
                     .response_information
                     .clone()
@@ -269,13 +304,37 @@ impl Session {
             client.client_id, self.peer, client.protocol, client.keep_alive
         );
         self.phase = Phase::Connected;
+        // [MQTT-3.2.2-2] [MQTT-3.2.2-3]: Session Present only when a stored session resumed.
         self.send(Packet::ConnAck(ConnAck {
-            session_present: false,
+            session_present: registered.session_present,
             properties,
             ..Default::default()
         }));
+        self.resume(registered);
         self.arm_keep_alive(ctx);
-        self.pump(ctx);
+        self.release(ctx);
+    }
+}
+
+impl Session {
+    /// Takes up a resumed session where its last connection left it: PUBREL for what the
+    /// client had PUBREC'd, then every unacknowledged PUBLISH again with its original packet
+    /// id, before anything new [MQTT-4.4.0-1] [MQTT-4.3.3-6].
+    fn resume(&mut self, registered: Registered) {
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        client.awaiting_rel.extend(registered.inbound_qos2);
+        for &id in &registered.release {
+            client.inflight.insert(id, super::Outbound::Released);
+        }
+        for packet_id in registered.release {
+            self.send(Packet::PubRel(Ack {
+                packet_id,
+                ..Ack::default()
+            }));
+        }
+        self.pending.extend(registered.resend);
     }
 }
 

@@ -82,36 +82,40 @@ impl Session {
                 return;
             }
             if let Some(delivery) = self.pending.pop_front() {
-                self.write_delivery(delivery);
+                if let Some(skipped) = self.write_delivery(delivery) {
+                    // Dropped as if delivered: a stored copy must not be sent again.
+                    self.forget_stored(skipped, ctx);
+                }
                 written += 1;
             }
         }
         self.pump(ctx);
     }
 
-    fn write_delivery(&mut self, delivery: Delivery) {
+    /// Writes one delivery as a PUBLISH. A delivery that is skipped instead (not authorised,
+    /// expired, too large) returns its stored packet id, if it has one.
+    fn write_delivery(&mut self, delivery: Delivery) -> Option<u16> {
         let counters = self.shared.counters.clone();
-        let Some(client) = self.client.as_mut() else {
-            return;
-        };
+        let client = self.client.as_mut()?;
         let message = &delivery.message;
         if !client.acl.allows(AclAction::Receive, &message.topic) {
             debug!(
                 "{:?}: not authorised to receive {:?}",
                 client.client_id, message.topic
             );
-            return;
+            return delivery.packet_id;
         }
         let expiry = message.remaining_expiry(unix_millis());
         if expiry == Some(0) {
             Counters::add(&counters.dropped_expired);
-            return;
+            return delivery.packet_id;
         }
         let mut properties = message.properties.clone();
         properties.message_expiry_interval = expiry;
         properties.subscription_identifiers = delivery.subscription_ids;
         let mut packet = Packet::Publish(Box::new(Publish {
-            dup: false,
+            // [MQTT-3.3.1-1]; never for QoS 0 [MQTT-3.3.1-2].
+            dup: delivery.dup && delivery.qos != QoS::AtMostOnce,
             qos: delivery.qos,
             retain: delivery.retain,
             topic: message.topic.to_string(),
@@ -128,13 +132,17 @@ impl Session {
                     client.client_id
                 );
                 Counters::add(&counters.dropped_too_large);
-                return;
+                return delivery.packet_id;
             }
         }
         if let Packet::Publish(publish) = &mut packet {
             apply_topic_alias(client, &message.topic, publish);
             if publish.qos != QoS::AtMostOnce {
-                let id = client.next_free_packet_id();
+                // A stored message keeps the id it was stored with [MQTT-4.4.0-1].
+                let id = match delivery.packet_id {
+                    Some(id) => id,
+                    None => client.next_free_packet_id(),
+                };
                 publish.packet_id = Some(id);
                 let state = if publish.qos == QoS::AtLeastOnce {
                     Outbound::Qos1Sent
@@ -146,6 +154,7 @@ impl Session {
         }
         Counters::add(&counters.messages_sent);
         self.send(packet);
+        None
     }
 }
 

@@ -50,6 +50,9 @@ pub enum SessionError {
     TooManyUserProperties(usize, usize),
     #[error("[MQTT-3.1.2-22] nothing received for 1.5 x the keep alive of {0}s")]
     KeepAliveTimeout(u16),
+    /// Session Present is only promised for a committed session (bad-inputs.md 3.3).
+    #[error("the persistent session could not be stored")]
+    StorageFailed,
 }
 
 impl SessionError {
@@ -72,7 +75,7 @@ impl SessionError {
             BadCredentials => ReasonCode::BadUserNameOrPassword,
             AnonymousNotAllowed => ReasonCode::NotAuthorized,
             Banned => ReasonCode::Banned,
-            ServerUnavailable(_) => ReasonCode::ServerUnavailable,
+            ServerUnavailable(_) | StorageFailed => ReasonCode::ServerUnavailable,
             TopicNameInvalid(_) => ReasonCode::TopicNameInvalid,
             TopicAliasInvalid(_) => ReasonCode::TopicAliasInvalid,
             ReceiveMaximumExceeded(_) => ReasonCode::ReceiveMaximumExceeded,

@@ -91,7 +91,7 @@ enum AckState {
     /// Can be sent as soon as those before it are.
     Ready,
     /// Waits until the Registry has queued every delivery of the message.
-    Routing(tokio::sync::oneshot::Receiver<()>),
+    Routing(tokio::sync::oneshot::Receiver<bool>),
     /// A future of this session is waiting on the Registry for it.
     Waiting,
 }
@@ -103,7 +103,8 @@ struct Client {
     protocol: ProtocolVersion,
     /// The keep-alive in force (Server Keep Alive if the server imposed one), seconds.
     keep_alive: u16,
-    /// Session Expiry Interval from CONNECT (0 when absent).
+    /// The Session Expiry Interval granted at CONNECT, or set by DISCONNECT (0: the session
+    /// ends with the connection).
     session_expiry: u32,
     /// CONNACK 0x00 was sent.
     accepted: bool,
@@ -160,10 +161,20 @@ pub struct Session {
 }
 
 impl Client {
-    /// Clients may not write the broker's own topics (§4.7.2), nor what their ACL forbids.
     fn may_publish(&self, topic: &str) -> bool {
-        !topic.starts_with("$SYS") && self.acl.allows(AclAction::Publish, topic)
+        may_publish(&self.acl, topic)
     }
+
+    /// Whether the Registry stores this session: its QoS 1/2 deliveries carry packet ids
+    /// from the Registry, and their acknowledgements are reported back.
+    fn is_stored(&self) -> bool {
+        self.session_expiry > 0
+    }
+}
+
+/// Clients may not write the broker's own topics (§4.7.2), nor what their ACL forbids.
+fn may_publish(acl: &Acl, topic: &str) -> bool {
+    !topic.starts_with("$SYS") && acl.allows(AclAction::Publish, topic)
 }
 
 impl Session {
@@ -324,7 +335,7 @@ impl Session {
         match packet {
             Packet::Connect(connect) => self.on_connect(*connect, ctx),
             Packet::Publish(publish) => self.on_publish(*publish, ctx),
-            Packet::PubRel(ack) => self.on_pubrel(ack),
+            Packet::PubRel(ack) => self.on_pubrel(ack, ctx),
             Packet::PubAck(ack) => self.on_puback(ack, ctx),
             Packet::PubRec(ack) => self.on_pubrec(ack, ctx),
             Packet::PubComp(ack) => self.on_pubcomp(ack, ctx),
@@ -357,11 +368,15 @@ impl Session {
         {
             return Err(SessionError::SessionExpiryAfterZero);
         }
-        if disconnect.reason == ReasonCode::Success
-            && let Some(client) = self.client.as_mut()
-        {
-            // [MQTT-3.1.2-10]: a normal disconnection discards the Will.
-            client.will = None;
+        let max_expiry = self.shared.config.limits.max_session_expiry;
+        if let Some(client) = self.client.as_mut() {
+            if let Some(expiry) = disconnect.properties.session_expiry_interval {
+                client.session_expiry = expiry.min(max_expiry);
+            }
+            if disconnect.reason == ReasonCode::Success {
+                // [MQTT-3.1.2-10]: a normal disconnection discards the Will.
+                client.will = None;
+            }
         }
         self.end_reason = format!("client disconnect ({:#04x})", disconnect.reason as u8);
         self.close(ctx);
@@ -425,7 +440,13 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        if let Some(will) = self.take_will() {
+        // A persistent session's Will with a delay waits in the Registry (§3.1.2.5).
+        let delayed_will = if self.will_waits() {
+            self.take_will()
+        } else {
+            None
+        };
+        if let Some(will) = self.will_due_now(false) {
             // The actor is gone; the publication finishes on this Arbiter by itself. One per
             // connection end, so these tasks are bounded by the connections.
             actix::spawn(self.will_publication(will));
@@ -435,9 +456,12 @@ impl Actor for Session {
             "client {:?} ({}): disconnected: {}",
             client.client_id, self.peer, self.end_reason
         );
+        // One per connection, so this `do_send` is bounded by the connections.
         self.shared.registry.do_send(Unregister {
             client_id: client.client_id.clone(),
             conn_id: self.conn_id,
+            expiry_interval: client.session_expiry,
+            delayed_will,
         });
         if let Some(record) = self.take_disconnect_record() {
             // One message per connection, so this `do_send` cannot pile up beyond the number
@@ -481,7 +505,7 @@ impl WriteHandler<EncodeError> for Session {
             // more can be written to it. The Will goes to the Registry now, ahead of anything
             // from the connection that took over.
             self.end_reason = "taken over (the client was not reading)".into();
-            if let Some(will) = self.take_will() {
+            if let Some(will) = self.will_due_now(true) {
                 actix::spawn(self.will_publication(will));
             }
             return Running::Stop;
@@ -524,7 +548,9 @@ impl Handler<Close> for Session {
         self.close(ctx);
         // On take-over the Will of the old connection is published before the new connection
         // is accepted [MQTT-3.1.4-3], so the Will cannot overtake what the new one publishes.
-        let will = self.take_will().map(|w| self.will_publication(w));
+        let will = self
+            .will_due_now(msg.reason == ReasonCode::SessionTakenOver)
+            .map(|w| self.will_publication(w));
         let record = self.take_disconnect_record();
         let db = self.shared.db.clone();
         Box::pin(async move {

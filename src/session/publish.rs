@@ -14,8 +14,10 @@ use tokio::sync::oneshot;
 use super::{AckState, Outbound, PendingAck, Session, SessionError};
 use crate::clock::unix_millis;
 use crate::message::AppMessage;
-use crate::messages::{Publish as RoutePublish, StoreRetained};
+use crate::messages::{AckStep, Acknowledged, Publish as RoutePublish, StoreRetained};
 use crate::mqtt::{Ack, Packet, Properties, Publish, QoS, ReasonCode, topic};
+use crate::persist::StoredWill;
+use crate::registry::Registry;
 use crate::stats::Counters;
 
 impl Session {
@@ -93,7 +95,7 @@ impl Session {
             qos,
             retain: publish.retain,
             expires_at_ms: p.message_expiry_interval.map(|s| now + i64::from(s) * 1000),
-            properties: forwarded_properties(publish.properties),
+            properties: crate::message::forwarded_properties(publish.properties),
             publisher: client.client_id.clone(),
         });
         if message.retain {
@@ -152,7 +154,12 @@ impl Session {
     ) {
         let qos = message.qos;
         if qos == QoS::AtMostOnce {
-            self.route(message, None, ctx);
+            let publish = RoutePublish {
+                message,
+                ack: None,
+                inbound_qos2: None,
+            };
+            self.route(publish, ctx);
             return;
         }
         if qos == QoS::ExactlyOnce
@@ -161,8 +168,20 @@ impl Session {
             // Known from now on, so a re-sent PUBLISH is not routed twice [MQTT-4.3.3-10].
             client.awaiting_rel.insert(packet_id);
         }
+        // A persistent session stores the id, so a re-sent PUBLISH is a duplicate after a
+        // crash too.
+        let inbound_qos2 = (qos == QoS::ExactlyOnce
+            && self.client.as_ref().is_some_and(|c| c.is_stored()))
+        .then_some(packet_id);
         let (routed, when_routed) = oneshot::channel();
-        self.route(message, Some(routed), ctx);
+        self.route(
+            RoutePublish {
+                message,
+                ack: Some(routed),
+                inbound_qos2,
+            },
+            ctx,
+        );
         self.acks.push_back(PendingAck {
             qos,
             packet_id,
@@ -172,15 +191,20 @@ impl Session {
         self.flush_acks(ctx);
     }
 
-    /// Hands a message to the Registry. When its mailbox is full the session waits for room
-    /// and reads nothing meanwhile: backpressure reaches the publisher through TCP.
-    fn route(
-        &mut self,
-        message: Arc<AppMessage>,
-        ack: Option<oneshot::Sender<()>>,
-        ctx: &mut Context<Self>,
-    ) {
-        match self.shared.registry.try_send(RoutePublish { message, ack }) {
+    /// Hands a message to the Registry.
+    fn route(&mut self, publish: RoutePublish, ctx: &mut Context<Self>) {
+        self.tell_registry(publish, ctx);
+    }
+
+    /// Sends the Registry a message that needs no answer. When its mailbox is full the
+    /// session waits for room and reads nothing meanwhile: backpressure reaches the client
+    /// through TCP, and nothing piles up without bound.
+    pub(super) fn tell_registry<M>(&mut self, msg: M, ctx: &mut Context<Self>)
+    where
+        M: Message<Result = ()> + Send + 'static,
+        Registry: Handler<M>,
+    {
+        match self.shared.registry.try_send(msg) {
             Ok(()) => {}
             Err(SendError::Full(msg)) => {
                 self.shared
@@ -190,7 +214,7 @@ impl Session {
                     .map(|_, _, _| ())
                     .wait(ctx);
             }
-            Err(SendError::Closed(_)) => debug!("registry stopped: message not routed"),
+            Err(SendError::Closed(_)) => debug!("registry stopped: message not delivered"),
         }
     }
 
@@ -225,8 +249,8 @@ impl Session {
         }
     }
 
-    /// Sends the acknowledgements at the front of `acks` whose messages are routed, and waits
-    /// (without holding up the session) for the first one that is not.
+    /// Sends the acknowledgements at the front of `acks` whose messages are routed (and
+    /// stored), and waits (without holding up the session) for the first one that is not.
     fn flush_acks(&mut self, ctx: &mut Context<Self>) {
         while let Some(front) = self.acks.front_mut() {
             match &mut front.state {
@@ -235,7 +259,8 @@ impl Session {
                 AckState::Routing(when_routed) => match when_routed.try_recv() {
                     // Closed: the Registry dropped it (a subscriber went away): routed as far
                     // as it ever will be.
-                    Ok(()) | Err(oneshot::error::TryRecvError::Closed) => {}
+                    Ok(true) | Err(oneshot::error::TryRecvError::Closed) => {}
+                    Ok(false) => front.reason = ReasonCode::UnspecifiedError,
                     Err(oneshot::error::TryRecvError::Empty) => {
                         let AckState::Routing(when_routed) =
                             std::mem::replace(&mut front.state, AckState::Waiting)
@@ -244,9 +269,12 @@ impl Session {
                         };
                         when_routed
                             .into_actor(self)
-                            .map(|_, act, ctx| {
+                            .map(|stored, act, ctx| {
                                 if let Some(front) = act.acks.front_mut() {
                                     front.state = AckState::Ready;
+                                    if stored == Ok(false) {
+                                        front.reason = ReasonCode::UnspecifiedError;
+                                    }
                                 }
                                 act.flush_acks(ctx);
                             })
@@ -256,28 +284,68 @@ impl Session {
                 },
             }
             if let Some(ack) = self.acks.pop_front() {
+                if ack.qos == QoS::ExactlyOnce
+                    && ack.reason.is_failure()
+                    && let Some(client) = self.client.as_mut()
+                {
+                    // Not stored: a failing PUBREC ends the exchange (§4.3.3), so a re-sent
+                    // PUBLISH is a new attempt, not a duplicate.
+                    client.awaiting_rel.remove(&ack.packet_id);
+                }
                 self.send_ack(ack.qos, ack.packet_id, ack.reason);
             }
         }
     }
 
-    /// PUBREL releases a QoS 2 packet id; an unknown id gets PUBCOMP 0x92 [MQTT-4.3.3-11].
-    pub(super) fn on_pubrel(&mut self, pubrel: Ack) -> Result<(), SessionError> {
-        let known = self
-            .client
-            .as_mut()
-            .is_some_and(|c| c.awaiting_rel.remove(&pubrel.packet_id));
-        let reason = if known {
-            ReasonCode::Success
-        } else {
-            ReasonCode::PacketIdentifierNotFound
+    /// PUBREL releases a QoS 2 packet id; an unknown id gets PUBCOMP 0x92 [MQTT-4.3.3-11]. A
+    /// persistent session's PUBCOMP waits until the id's release is committed: were it lost
+    /// in a crash after PUBCOMP, the client's next PUBLISH reusing the id would be taken for a
+    /// duplicate and dropped (bad-inputs.md 3.3).
+    pub(super) fn on_pubrel(
+        &mut self,
+        pubrel: Ack,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), SessionError> {
+        let packet_id = pubrel.packet_id;
+        let Some(client) = self.client.as_mut() else {
+            return Ok(());
         };
+        if !client.awaiting_rel.remove(&packet_id) {
+            self.send_pubcomp(packet_id, ReasonCode::PacketIdentifierNotFound);
+            return Ok(());
+        }
+        if !client.is_stored() {
+            self.send_pubcomp(packet_id, ReasonCode::Success);
+            return Ok(());
+        }
+        let (reply, committed) = oneshot::channel();
+        let released = Acknowledged {
+            client_id: client.client_id.clone(),
+            packet_id,
+            step: AckStep::InboundReleased(reply),
+        };
+        self.tell_registry(released, ctx);
+        // `wait`: the PUBCOMPs go out in PUBREL order, and nothing is read meanwhile.
+        committed
+            .into_actor(self)
+            .map(move |stored, act, _| {
+                let reason = if stored == Ok(false) {
+                    ReasonCode::UnspecifiedError
+                } else {
+                    ReasonCode::Success
+                };
+                act.send_pubcomp(packet_id, reason);
+            })
+            .wait(ctx);
+        Ok(())
+    }
+
+    fn send_pubcomp(&mut self, packet_id: u16, reason: ReasonCode) {
         self.send(Packet::PubComp(Ack {
-            packet_id: pubrel.packet_id,
+            packet_id,
             reason,
             properties: Properties::default(),
         }));
-        Ok(())
     }
 
     /// PUBACK ends an outbound QoS 1 exchange. Acknowledgements of unknown ids, or of the wrong
@@ -300,20 +368,31 @@ impl Session {
         let Some(client) = self.client.as_mut() else {
             return Ok(());
         };
-        match client.inflight.get(&ack.packet_id) {
+        let packet_id = ack.packet_id;
+        match client.inflight.get(&packet_id) {
             Some(Outbound::Qos2Sent) if ack.reason.is_failure() => {
                 // A PUBREC with a failure code ends the exchange (§4.3.3) and frees its slot.
-                client.inflight.remove(&ack.packet_id);
-                self.release(ctx);
+                self.complete(packet_id, Outbound::Qos2Sent, ctx);
+            }
+            Some(Outbound::Qos2Sent | Outbound::Released) if client.is_stored() => {
+                // PUBREL only once "PUBREC received" is committed: after a crash the PUBLISH
+                // must not be sent again [MQTT-4.3.3-6].
+                client.inflight.insert(packet_id, Outbound::Released);
+                let (reply, committed) = oneshot::channel();
+                let released = Acknowledged {
+                    client_id: client.client_id.clone(),
+                    packet_id,
+                    step: AckStep::Released(reply),
+                };
+                self.tell_registry(released, ctx);
+                committed
+                    .into_actor(self)
+                    .map(move |_, act, _| act.send_pubrel(packet_id))
+                    .spawn(ctx);
             }
             Some(Outbound::Qos2Sent | Outbound::Released) => {
-                client.inflight.insert(ack.packet_id, Outbound::Released);
-                let pubrel = Ack {
-                    packet_id: ack.packet_id,
-                    reason: ReasonCode::Success,
-                    ..Ack::default()
-                };
-                self.send(Packet::PubRel(pubrel));
+                client.inflight.insert(packet_id, Outbound::Released);
+                self.send_pubrel(packet_id);
             }
             _ => debug!(
                 "{:?}: PUBREC for unknown id {}",
@@ -321,6 +400,14 @@ impl Session {
             ),
         }
         Ok(())
+    }
+
+    fn send_pubrel(&mut self, packet_id: u16) {
+        self.send(Packet::PubRel(Ack {
+            packet_id,
+            reason: ReasonCode::Success,
+            ..Ack::default()
+        }));
     }
 
     pub(super) fn on_pubcomp(
@@ -338,6 +425,7 @@ impl Session {
         };
         if client.inflight.get(&packet_id) == Some(&expected) {
             client.inflight.remove(&packet_id);
+            self.forget_stored(packet_id, ctx);
             self.release(ctx);
         } else {
             debug!(
@@ -347,10 +435,25 @@ impl Session {
         }
     }
 
-    /// The Will to publish now that the connection ends without DISCONNECT 0x00 (§3.1.2.5),
-    /// if the client may publish it. Sessions end with their connection for now, so it is due
-    /// at once, whatever the Will Delay. `None` once taken.
-    pub(super) fn take_will(&mut self) -> Option<Arc<AppMessage>> {
+    /// Tells the Registry that a stored outbound message is done with (acknowledged, or
+    /// skipped), so it is not sent again. Deleting it need not be committed before anything:
+    /// if the deletion is lost, the message is re-sent with DUP 1, which QoS 1 allows and a
+    /// QoS 2 receiver answers without delivering twice.
+    pub(super) fn forget_stored(&mut self, packet_id: u16, ctx: &mut Context<Self>) {
+        let Some(client) = self.client.as_ref().filter(|c| c.is_stored()) else {
+            return;
+        };
+        let done = Acknowledged {
+            client_id: client.client_id.clone(),
+            packet_id,
+            step: AckStep::Completed,
+        };
+        self.tell_registry(done, ctx);
+    }
+
+    /// The Will, now that the connection ends without DISCONNECT 0x00 (§3.1.2.5), if the
+    /// client may publish it. `None` once taken.
+    pub(super) fn take_will(&mut self) -> Option<StoredWill> {
         let client = self.client.as_mut().filter(|c| c.accepted)?;
         let will = client.will.take()?;
         if !client.may_publish(&will.topic) {
@@ -360,18 +463,32 @@ impl Session {
             );
             return None;
         }
-        Some(Arc::new(AppMessage {
-            topic: will.topic.into(),
-            payload: will.payload,
-            qos: will.qos,
-            retain: will.retain,
-            expires_at_ms: will
-                .properties
-                .message_expiry_interval
-                .map(|s| unix_millis() + i64::from(s) * 1000),
-            properties: forwarded_properties(will.properties),
-            publisher: client.client_id.clone(),
-        }))
+        Some(StoredWill::new(&will, &client.client_id))
+    }
+
+    /// Whether the Will waits for its delay rather than going out when the connection ends:
+    /// only a persistent session outlives the connection; otherwise the session ends now,
+    /// which is the earlier of the two [MQTT-3.1.3-9].
+    pub(super) fn will_waits(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| {
+            c.is_stored()
+                && c.will
+                    .as_ref()
+                    .is_some_and(|w| w.properties.will_delay_interval.unwrap_or(0) > 0)
+        })
+    }
+
+    /// The Will to publish as the connection ends, if any. One that waits is left for
+    /// `stopped` to hand to the Registry, or dropped when another connection takes the
+    /// session over, since that resumes it before the delay ran out [MQTT-3.1.3-9].
+    pub(super) fn will_due_now(&mut self, taken_over: bool) -> Option<Arc<AppMessage>> {
+        if self.will_waits() {
+            if taken_over {
+                self.take_will();
+            }
+            return None;
+        }
+        self.take_will().map(|w| w.publication(unix_millis()))
     }
 
     /// Publishes a Will like any retained-or-not PUBLISH: a retained Will is committed before
@@ -403,21 +520,9 @@ impl Session {
                 .send(RoutePublish {
                     message: will,
                     ack: None,
+                    inbound_qos2: None,
                 })
                 .await;
         }
-    }
-}
-
-/// The properties a subscriber receives unchanged and in order [MQTT-3.3.2-17..18]; Topic
-/// Alias, Message Expiry, Will Delay and Subscription Identifiers are per hop.
-fn forwarded_properties(p: Properties) -> Properties {
-    Properties {
-        payload_format_indicator: p.payload_format_indicator,
-        content_type: p.content_type,
-        response_topic: p.response_topic,
-        correlation_data: p.correlation_data,
-        user_properties: p.user_properties,
-        ..Properties::default()
     }
 }

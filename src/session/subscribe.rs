@@ -70,30 +70,39 @@ impl Session {
             filters: granted,
             max_subscriptions: self.shared.config.limits.max_subscriptions_per_client,
         };
-        self.shared
-            .registry
-            .send(add)
-            .into_actor(self)
-            .map(move |result, act, ctx| match result {
-                Ok(reply) => {
-                    for (at, outcome) in granted_at.into_iter().zip(reply.outcomes) {
-                        if outcome == SubscribeOutcome::QuotaExceeded {
-                            reasons[at] = ReasonCode::QuotaExceeded;
-                        }
-                    }
-                    act.send_suback(packet_id, reasons);
-                    // After the SUBACK, ahead of anything newer from the queue.
-                    act.pending.extend(reply.retained);
-                    act.release(ctx);
-                }
-                Err(_) => {
-                    for at in granted_at {
+        let request = self.shared.registry.send(add);
+        async move {
+            // A persistent session's SUBACK waits for its subscriptions to be committed.
+            let mut reply = request.await.ok()?;
+            let stored = match reply.committed.take() {
+                Some(committed) => committed.await == Ok(true),
+                None => true,
+            };
+            Some((reply, stored))
+        }
+        .into_actor(self)
+        .map(move |result, act, ctx| match result {
+            Some((reply, stored)) => {
+                for (at, outcome) in granted_at.into_iter().zip(reply.outcomes) {
+                    if !stored {
                         reasons[at] = ReasonCode::UnspecifiedError;
+                    } else if outcome == SubscribeOutcome::QuotaExceeded {
+                        reasons[at] = ReasonCode::QuotaExceeded;
                     }
-                    act.send_suback(packet_id, reasons);
                 }
-            })
-            .wait(ctx);
+                act.send_suback(packet_id, reasons);
+                // After the SUBACK, ahead of anything newer from the queue.
+                act.pending.extend(reply.retained);
+                act.release(ctx);
+            }
+            None => {
+                for at in granted_at {
+                    reasons[at] = ReasonCode::UnspecifiedError;
+                }
+                act.send_suback(packet_id, reasons);
+            }
+        })
+        .wait(ctx);
         Ok(())
     }
 
@@ -120,31 +129,39 @@ impl Session {
             conn_id: self.conn_id,
             filters: unsubscribe.filters,
         };
-        self.shared
-            .registry
-            .send(remove)
-            .into_actor(self)
-            .map(move |result, act, _| {
-                let reasons = match result {
-                    Ok(existed) => existed
-                        .into_iter()
-                        .map(|had| {
-                            if had {
-                                ReasonCode::Success
-                            } else {
-                                ReasonCode::NoSubscriptionExisted
-                            }
-                        })
-                        .collect(),
-                    Err(_) => vec![ReasonCode::UnspecifiedError; count],
-                };
-                act.send(Packet::UnsubAck(UnsubAck {
-                    packet_id,
-                    properties: Properties::default(),
-                    reasons,
-                }));
-            })
-            .wait(ctx);
+        let request = self.shared.registry.send(remove);
+        async move {
+            let (existed, committed) = request.await.ok()?;
+            // A persistent session's UNSUBACK waits for the removal to be committed.
+            if let Some(committed) = committed
+                && committed.await != Ok(true)
+            {
+                return None;
+            }
+            Some(existed)
+        }
+        .into_actor(self)
+        .map(move |result, act, _| {
+            let reasons = match result {
+                Some(existed) => existed
+                    .into_iter()
+                    .map(|had| {
+                        if had {
+                            ReasonCode::Success
+                        } else {
+                            ReasonCode::NoSubscriptionExisted
+                        }
+                    })
+                    .collect(),
+                None => vec![ReasonCode::UnspecifiedError; count],
+            };
+            act.send(Packet::UnsubAck(UnsubAck {
+                packet_id,
+                properties: Properties::default(),
+                reasons,
+            }));
+        })
+        .wait(ctx);
         Ok(())
     }
 }

@@ -827,7 +827,7 @@ fn will(topic: &str, payload: &[u8]) -> Will {
 }
 
 #[tokio::test]
-async fn b38_will_delay_longer_than_session_expiry_publishes_the_will_once_at_once() {
+async fn b38_will_delay_longer_than_session_expiry_publishes_the_will_once_at_session_end() {
     let broker = start_broker();
     let mut listener = Client::connected(broker.addr, V5, "listener").await;
     subscribe_ok(&mut listener, "will/#", QoS::AtMostOnce).await;
@@ -839,7 +839,7 @@ async fn b38_will_delay_longer_than_session_expiry_publishes_the_will_once_at_on
     })
     .await;
     drop(willer);
-    // Sessions end with their connection (README), so the Will Delay is not waited for.
+    // §3.1.2.5: the Will goes at the earlier of the Will Delay and the session's end (1 s).
     let got = next_publish(&mut listener).await;
     assert_eq!(got.topic, "will/delayed");
     let mut marker = Client::connected(broker.addr, V5, "marker").await;

@@ -48,7 +48,7 @@ fn user_add_passwd_list_remove() {
             .status
             .success()
     );
-    let mut conn = mqttd::db::open_connection(db).unwrap();
+    let mut conn = mqttd::db::open_connection(db, mqttd::persist::Durability::default()).unwrap();
     let hash = queries::find_password_hash(&mut conn, "alice")
         .unwrap()
         .unwrap();
@@ -133,7 +133,7 @@ async fn daemon_serves_a_user_and_shuts_down_cleanly_on_sigterm() {
     let exit = tokio::task::block_in_place(|| child.wait()).unwrap();
     assert!(exit.success(), "mqttd exits 0 after SIGTERM: {exit:?}");
 
-    let mut conn = mqttd::db::open_connection(&db).unwrap();
+    let mut conn = mqttd::db::open_connection(&db, mqttd::persist::Durability::default()).unwrap();
     let record = queries::get_client(&mut conn, "dave-1").unwrap().unwrap();
     assert_eq!(record.username.as_deref(), Some("dave"));
     assert!(record.disconnected_at_ms.is_some());

@@ -324,15 +324,22 @@ async fn password_bytes_that_are_not_utf8_are_just_wrong() {
     assert_eq!(ack.reason, ReasonCode::BadUserNameOrPassword);
 }
 
+/// §3.2.2.3.2: the server tells the client the Session Expiry it uses when it is not the one
+/// asked for (here `max_session_expiry` caps it), and says nothing when it is.
 #[tokio::test]
-async fn section_3_2_2_3_2_requested_session_expiry_is_answered_with_0_until_sessions_persist() {
-    let broker = start_broker();
-    let Packet::Connect(mut c) = connect(V5, "sei") else {
-        unreachable!()
-    };
-    c.properties.session_expiry_interval = Some(3600);
-    let ack = connack_for(broker.addr, V5, Packet::Connect(c)).await;
-    assert_eq!(ack.properties.session_expiry_interval, Some(0));
+async fn section_3_2_2_3_2_session_expiry_over_the_maximum_is_answered_with_the_maximum() {
+    let broker = start_broker_with(|c| c.limits.max_session_expiry = 600);
+    for (asked, told) in [(3600, Some(600)), (60, None), (u32::MAX, Some(600))] {
+        let Packet::Connect(mut c) = connect(V5, "sei") else {
+            unreachable!()
+        };
+        c.properties.session_expiry_interval = Some(asked);
+        let ack = connack_for(broker.addr, V5, Packet::Connect(c)).await;
+        assert_eq!(
+            ack.properties.session_expiry_interval, told,
+            "asked {asked}"
+        );
+    }
 }
 
 #[tokio::test]

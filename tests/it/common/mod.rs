@@ -105,7 +105,11 @@ impl TestBroker {
 
     /// A connection to the broker's SQLite file, to check what it recorded.
     pub fn db(&self) -> diesel::SqliteConnection {
-        mqttd::db::open_connection(&self.db_path.to_string_lossy()).expect("open db")
+        mqttd::db::open_connection(
+            &self.db_path.to_string_lossy(),
+            mqttd::persist::Durability::default(),
+        )
+        .expect("open db")
     }
 }
 
