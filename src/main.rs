@@ -207,6 +207,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 /// Runs the broker until SIGINT or SIGTERM, then shuts it down cleanly. SIGHUP reloads the TLS
 /// certificates.
 fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    ignore_file_size_signal();
     let system = actix::System::new();
     system.block_on(async move {
         let broker = mqttd::start(config).await?;
@@ -215,6 +216,18 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         broker.shutdown().await;
         Ok(())
     })
+}
+
+/// A write over the file-size limit (`ulimit -f`) raises SIGXFSZ, which kills the process by
+/// default. Ignored, the write fails with EFBIG instead, SQLite reports it like a full disk,
+/// and the broker refuses to acknowledge what it could not store, then recovers when the
+/// limit is lifted (see the README's durability section).
+fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code and is
+    // done before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 async fn wait_for_signal(broker: &mqttd::Broker) -> std::io::Result<()> {

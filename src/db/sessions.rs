@@ -182,7 +182,7 @@ struct Batch {
     /// comes as an `Enqueue` per subscriber, and only the first inserts it.
     stored: HashSet<i64>,
     /// Message ids that an op of this call stopped referencing; see `collect_garbage`.
-    released_ids: Vec<i64>,
+    maybe_unreferenced: Vec<i64>,
     /// `session_messages.subscription_ids` of the current `Enqueue`, reused from op to op.
     subscription_ids: String,
 }
@@ -257,7 +257,7 @@ impl Batch {
                 .returning(session_messages::message_id)
                 .get_result::<i64>(conn)
                 .optional()?;
-                self.released_ids.extend(message_id);
+                self.maybe_unreferenced.extend(message_id);
             }
             StoreOp::InboundQos2 {
                 client_id,
@@ -329,7 +329,7 @@ impl Batch {
             .values(&row)
             .execute(conn);
         if !stored_unless_no_session(result, "message", client_id)? {
-            self.released_ids.push(message_id);
+            self.maybe_unreferenced.push(message_id);
         }
         Ok(())
     }
@@ -342,7 +342,7 @@ impl Batch {
         )
         .returning(session_messages::message_id)
         .load(conn)?;
-        self.released_ids.extend(message_ids);
+        self.maybe_unreferenced.extend(message_ids);
         diesel::delete(sessions::table.find(client_id)).execute(conn)?;
         Ok(())
     }
@@ -352,12 +352,12 @@ impl Batch {
     /// sweep of `messages` would grow with every stored message). It runs after the last op
     /// because a later `Enqueue` of the same batch may still reference the id, and `stored`
     /// would then skip re-inserting it. An `Enqueue` that replaces an unfinished row of the
-    /// same packet id can orphan a message too; the Registry never reuses a packet id in
-    /// flight, and `load` sweeps the whole table at start-up for anything missed here.
+    /// same packet id could orphan a message too, but a packet id is reused only after its
+    /// `Completed`; `load` sweeps the whole table at start-up for anything missed here.
     fn collect_garbage(&mut self, conn: &mut SqliteConnection) -> QueryResult<()> {
-        self.released_ids.sort_unstable();
-        self.released_ids.dedup();
-        for &id in &self.released_ids {
+        self.maybe_unreferenced.sort_unstable();
+        self.maybe_unreferenced.dedup();
+        for &id in &self.maybe_unreferenced {
             let referenced =
                 exists(session_messages::table.filter(session_messages::message_id.eq(id)));
             diesel::delete(messages::table.find(id).filter(not(referenced))).execute(conn)?;
@@ -466,12 +466,14 @@ struct Rows {
 }
 
 /// The persistent sessions at start-up, in client id order. Sessions that expired by `now_ms`
-/// are deleted first (with everything they hold), then every message no session holds.
+/// are deleted first (with everything they hold) unless they have a Will, then every message
+/// no session holds. Expired sessions with a Will are returned so that the caller publishes
+/// it and deletes them.
 ///
 /// A session with `expires_at_ms: None` was connected when the previous run stopped, i.e. the
 /// broker crashed. Its connection is taken to have ended at `last_alive_ms` (`now_ms` if that
-/// is unknown): it is deleted here if its expiry interval ran out since, and otherwise
-/// returned as stored, with `expires_at_ms: None`. The caller computes its deadline the same
+/// is unknown): it is deleted here if its expiry interval ran out since (unless it has a
+/// Will), and otherwise returned as stored, with `expires_at_ms: None`. The caller computes its deadline the same
 /// way (`last_alive_ms` + `expiry_interval` seconds; never for 0xFFFFFFFF) and deals with its
 /// Will, which the crash never published. A session whose connection ended and that never
 /// expires comes back with `expires_at_ms: Some(i64::MAX)`.
@@ -487,10 +489,17 @@ fn read_unexpired(conn: &mut SqliteConnection, now_ms: i64) -> QueryResult<Rows>
         .first::<i64>(conn)
         .optional()?;
     let ended_ms = last_alive_ms.unwrap_or(now_ms);
-    let expired =
-        diesel::delete(sessions::table.filter(sessions::expires_at_ms.le(now_ms))).execute(conn)?;
+    // Expired sessions with a Will are returned: the caller publishes the Will, which was due
+    // at the latest when the session ended [MQTT-3.1.3-9], then deletes them.
+    let expired = diesel::delete(
+        sessions::table
+            .filter(sessions::expires_at_ms.le(now_ms))
+            .filter(sessions::will_topic.is_null()),
+    )
+    .execute(conn)?;
     let expired_at_crash = diesel::delete(
         sessions::table
+            .filter(sessions::will_topic.is_null())
             .filter(sessions::expires_at_ms.is_null())
             .filter(sessions::expiry_interval.ne(NEVER_INTERVAL))
             .filter((sessions::expiry_interval * 1000 + ended_ms).le(now_ms)),

@@ -122,6 +122,8 @@ pub struct Registry {
     /// Replies owed to `Shutdown` callers, sent when the last client has unregistered.
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     shutting_down: bool,
+    /// Wills of sessions that expired while the broker was down, published at start.
+    due_wills: Vec<StoredWill>,
 }
 
 /// How long a new connection waits for the one it takes over to close by itself (and then
@@ -145,6 +147,9 @@ impl Actor for Registry {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
+        for will in std::mem::take(&mut self.due_wills) {
+            self.publish_will(&will, ctx);
+        }
         // Sessions that were connected at a crash were ended in `new`; store that now.
         self.commit_soon(ctx);
         if let Some(every) = self.settings.sys_interval {
@@ -173,7 +178,9 @@ impl Registry {
         let mut journal = Journal::new(stored.next_message_id, stored.next_seq);
         let mut subscriptions = SubscriptionTree::default();
         let mut kept = HashMap::new();
-        let crashed_at = stored.last_alive_ms.unwrap_or_else(unix_millis);
+        let now = unix_millis();
+        let crashed_at = stored.last_alive_ms.unwrap_or(now);
+        let mut wills = Vec::new();
         for session in stored.sessions {
             let client: Arc<str> = session.client_id.as_str().into();
             let mut state = Kept::restore(&session);
@@ -198,6 +205,12 @@ impl Registry {
                 }
             };
             state.will = will_at.zip(session.will);
+            if state.expires_at_ms.is_some_and(|at| at <= now) {
+                // Expired while the broker was down: only its Will is left to publish.
+                wills.extend(state.will.map(|(_, w)| w));
+                journal.push(StoreOp::DeleteSession { client_id: client });
+                continue;
+            }
             kept.insert(client, state);
         }
         if !kept.is_empty() {
@@ -216,6 +229,7 @@ impl Registry {
             started_at: std::time::Instant::now(),
             shutdown_waiters: Vec::new(),
             shutting_down: false,
+            due_wills: wills,
         }
     }
 

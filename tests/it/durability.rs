@@ -26,7 +26,7 @@ use mqttd::mqtt::{Ack, Packet, ProtocolVersion, Publish, QoS, ReasonCode};
 
 use crate::cli::spawn_daemon_with;
 use crate::common::*;
-use crate::retained::{V5, disconnect, msg, publish_ok, recv_publish, subscribe};
+use crate::retained::{V5, disconnect, msg, publish_expect, publish_ok, recv_publish, subscribe};
 
 /// Session Expiry Interval of every persistent client here (below the default cap of 86400).
 const EXPIRY: u32 = 3600;
@@ -759,4 +759,93 @@ async fn i122_pubrel_after_restart_and_reused_id() {
         "deliveries (first, second, marker) to the watcher: a re-sent DUP PUBLISH must not be \
          delivered again [MQTT-4.3.3-10], a reused id is a new message"
     );
+}
+
+/// I128: the Will of a persistent session that was connected when the broker was killed is
+/// published after the restart (the README's choice; §3.1.2.5 lets the server do so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i128_wills_of_sessions_connected_at_a_crash_are_published_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let mut daemon = Daemon::start(&config);
+    let (mut listener, _) = open_session(daemon.addr, "will-listener", true).await;
+    subscribe(&mut listener, "wills/#", QoS::AtLeastOnce).await;
+    disconnect(listener).await;
+    let Packet::Connect(mut c) = connect(V5, "doomed") else {
+        unreachable!()
+    };
+    c.clean_start = true;
+    c.properties.session_expiry_interval = Some(EXPIRY);
+    c.will = Some(mqttd::mqtt::Will {
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+        topic: "wills/doomed".into(),
+        payload: Bytes::from_static(b"the broker died"),
+    });
+    let mut doomed = Client::open(daemon.addr, ProtocolVersion::V5).await;
+    doomed.send(Packet::Connect(c)).await;
+    assert!(matches!(doomed.recv().await, Some(Ok(Packet::ConnAck(a))) if !a.reason.is_failure()));
+    daemon.kill_9();
+    drop(doomed);
+
+    let daemon = Daemon::start(&config);
+    let (mut listener, present) = open_session(daemon.addr, "will-listener", false).await;
+    assert!(present);
+    let will = recv_publish(&mut listener).await;
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("wills/doomed", &b"the broker died"[..])
+    );
+}
+
+/// I131: when the disk is full (here: the file-size limit of the broker process, lowered with
+/// `prlimit`), a message for a persistent session cannot be committed and its PUBACK carries
+/// 0x80 instead of success; once space returns, the broker stores and acknowledges again
+/// without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i131_a_full_disk_gets_puback_0x80_and_service_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let daemon = Daemon::start(&config);
+    let (mut subscriber, _) = open_session(daemon.addr, "stored", true).await;
+    subscribe(&mut subscriber, "big/#", QoS::AtLeastOnce).await;
+    disconnect(subscriber).await;
+
+    // Only the soft limit changes ("N:"), so raising it again needs no privilege.
+    let prlimit = |limit: &str| {
+        let status = Command::new("prlimit")
+            .arg("--pid")
+            .arg(daemon.child.id().to_string())
+            .arg(format!("--fsize={limit}:"))
+            .status()
+            .expect("prlimit (util-linux)");
+        assert!(status.success(), "prlimit --fsize={limit}");
+    };
+    // Far below what a 600 KB message needs in the WAL and the database file.
+    prlimit("65536");
+    let payload = "x".repeat(600 * 1024);
+    let mut publisher = Client::connected(daemon.addr, V5, "big-publisher").await;
+    publish_expect(
+        &mut publisher,
+        1,
+        msg("big/a", &payload, QoS::AtLeastOnce, false),
+        ReasonCode::UnspecifiedError,
+    )
+    .await;
+    prlimit("unlimited");
+    publish_ok(
+        &mut publisher,
+        2,
+        msg("big/a", "stored", QoS::AtLeastOnce, false),
+    )
+    .await;
+    let (mut subscriber, _) = open_session(daemon.addr, "stored", false).await;
+    // The refused message may still be delivered (it was never promised); the stored one is.
+    loop {
+        let got = recv_publish(&mut subscriber).await;
+        if &got.payload[..] == b"stored" {
+            break;
+        }
+    }
 }

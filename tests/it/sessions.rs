@@ -375,3 +375,32 @@ async fn sessions_survive_a_restart_and_expiry_counts_the_downtime() {
     let mut publisher = Client::connected(broker.addr, V5, "publisher").await;
     assert_next_is_marker(&mut long, &mut publisher, "r/marker").await;
 }
+
+#[tokio::test]
+async fn mqtt_3_1_3_9_a_will_due_while_the_broker_was_down_is_published_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broker.db");
+    let mut broker = start_broker_on(db.clone(), |_| {});
+    let (mut listener, _) = session(broker.addr, "heir", true, 3600).await;
+    subscribe(&mut listener, "wills/#", QoS::AtLeastOnce).await;
+    disconnect(listener).await;
+    // The session ends 1 s after its connection, before its Will Delay: the Will is due then.
+    let mut connect = session_connect(V5, "short-lived", true, Some(1));
+    let mut will = will_with_delay(3600);
+    will.qos = QoS::AtLeastOnce;
+    connect.will = Some(will);
+    let (_willer, _) = open_session(broker.addr, connect).await;
+    broker.shutdown();
+    // Down past the session's end [MQTT-4.1.0-2]; only the clock to wait on.
+    std::thread::sleep(Duration::from_millis(1100));
+
+    let broker = start_broker_on(db, |_| {});
+    let (mut listener, present) = session(broker.addr, "heir", false, 3600).await;
+    assert!(present);
+    assert_eq!(
+        text(&recv_publish(&mut listener).await),
+        ("wills/delayed", "gone")
+    );
+    let (_back, present) = session(broker.addr, "short-lived", false, 1).await;
+    assert!(!present, "the session itself expired");
+}
