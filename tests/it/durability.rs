@@ -32,9 +32,9 @@ use crate::retained::{V5, disconnect, msg, publish_expect, publish_ok, recv_publ
 const EXPIRY: u32 = 3600;
 /// QoS 1/2 messages one load publisher leaves unacknowledged (the broker allows 100).
 const WINDOW: usize = 8;
-/// How long a subscriber waits for one more message before it counts as drained. There is no
-/// event that says "everything was re-sent", so this is a quiet period.
-const QUIET: Duration = Duration::from_millis(1500);
+/// Once a subscriber holds every acknowledged message, how long it keeps reading for late
+/// duplicates (no event says "nothing more will be re-sent").
+const QUIET: Duration = Duration::from_millis(300);
 
 // ---- the broker process ----------------------------------------------------------------------
 
@@ -261,6 +261,19 @@ async fn serve(
             return Served::Found;
         }
     }
+}
+
+/// Serves a resumed subscriber until it holds every acknowledged message (or TIMEOUT passes),
+/// then for a quiet period more, so that duplicates re-sent late are seen too.
+async fn drain(client: &mut Client, receiver: &mut Receiver, acked: &[String]) -> Served {
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline && acked.iter().any(|p| receiver.count(p) == 0) {
+        match serve(client, receiver, QUIET, None).await {
+            Served::Closed => return Served::Closed,
+            Served::Quiet | Served::Found => {}
+        }
+    }
+    serve(client, receiver, QUIET, None).await
 }
 
 // ---- load publishers -------------------------------------------------------------------------
@@ -490,10 +503,11 @@ async fn kill_9_loses_no_acknowledged_message() {
             .drain(..)
             .map(|mut receiver| {
                 let addr = daemon.addr;
+                let acked = acked.clone();
                 tokio::spawn(async move {
                     let (mut client, present) = open_session(addr, receiver.name, false).await;
                     receiver.connection += 1;
-                    let end = serve(&mut client, &mut receiver, QUIET, None).await;
+                    let end = drain(&mut client, &mut receiver, &acked).await;
                     (client, receiver, present, end)
                 })
             })
