@@ -154,10 +154,11 @@ impl Actor for DbActor {
 /// SQLite allows one writer at a time, so extra threads only speed up reads.
 pub fn start(path: &str, threads: usize, durability: Durability) -> Result<Addr<DbActor>, DbError> {
     let mut conn = open_connection(path, durability)?;
+    // Refuse a damaged file now, before migrations write to it, rather than fail (or lose
+    // state) at some later query.
+    sessions::integrity_check(&mut conn)?;
     // Once, here: migrating from every worker's factory races on a fresh database.
     run_migrations(&mut conn)?;
-    // Refuse a damaged file now, rather than fail (or lose state) at some later query.
-    sessions::integrity_check(&mut conn)?;
     drop(conn);
     // Compute it now rather than on the first unknown-user login, which would take twice as
     // long as the others and so reveal that the user does not exist.

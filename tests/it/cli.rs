@@ -276,3 +276,23 @@ async fn a3_huge_declared_lengths_on_14_connections_cost_little_memory() {
             .success()
     );
 }
+
+/// I132: a damaged database file stops the broker at start with a clear error (exit 1),
+/// before anything writes to it, instead of a crash at some later query.
+#[test]
+fn a_damaged_database_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("damaged.db");
+    let db = db.to_str().unwrap();
+    let added = mqttd(&["user", "add", "eve", "--password", "secret", "--db", db]);
+    assert!(added.status.success());
+    // Overwrite the second page (a table's B-tree root) with garbage.
+    let mut bytes = std::fs::read(db).unwrap();
+    bytes[4096..4896].fill(0xFF);
+    std::fs::write(db, bytes).unwrap();
+
+    let out = mqttd(&["--db", db, "--bind", "127.0.0.1:0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("damaged"), "{stderr}");
+}
