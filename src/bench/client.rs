@@ -217,12 +217,17 @@ pub struct PublisherPlan {
     pub deadline: Instant,
 }
 
-/// Packet ids of the messages a publisher has in flight and where each one is.
+/// Packet ids of the messages a publisher has in flight, where each one is and when it was
+/// fed.
 struct Window {
     /// Indexed by packet id.
     state: Vec<Slot>,
+    /// Indexed by packet id: when the PUBLISH holding the id was fed (ns since the epoch of
+    /// `Shared`), for the acknowledgement latency. Stale for free ids.
+    sent_ns: Vec<u64>,
     used: usize,
     next_id: u16,
+    last_id: u16,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -235,29 +240,42 @@ enum Slot {
 }
 
 impl Window {
-    fn new() -> Window {
+    /// Ids 1..=`ids`: no more can be in flight at once, and the tables stay small (a fan-in
+    /// run has thousands of publishers).
+    fn new(ids: u16) -> Window {
+        let ids = ids.max(1);
         Window {
-            state: vec![Slot::Free; usize::from(u16::MAX) + 1],
+            state: vec![Slot::Free; usize::from(ids) + 1],
+            sent_ns: vec![0; usize::from(ids) + 1],
             used: 0,
             next_id: 1,
+            last_id: ids,
         }
     }
 
-    /// A free id; the caller keeps `used` below 65535, so one exists.
-    fn take(&mut self) -> u16 {
+    /// A free id for a PUBLISH fed at `now_ns`; the caller keeps `used` below the number of
+    /// ids, so one exists.
+    fn take(&mut self, now_ns: u64) -> u16 {
         loop {
             let id = self.next_id;
-            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            self.next_id = if id >= self.last_id { 1 } else { id + 1 };
             if self.state[usize::from(id)] == Slot::Free {
                 self.state[usize::from(id)] = Slot::Sent;
+                self.sent_ns[usize::from(id)] = now_ns;
                 self.used += 1;
                 return id;
             }
         }
     }
 
+    /// When the PUBLISH that took `id` was fed.
+    fn sent_ns(&self, id: u16) -> u64 {
+        self.sent_ns.get(usize::from(id)).copied().unwrap_or(0)
+    }
+
+    /// An id outside the window (a broker acknowledging what was never sent) is in no slot.
     fn is(&self, id: u16, slot: Slot) -> bool {
-        self.state[usize::from(id)] == slot
+        self.state.get(usize::from(id)) == Some(&slot)
     }
 
     fn set(&mut self, id: u16, slot: Slot) {
@@ -268,18 +286,23 @@ impl Window {
     }
 }
 
-/// The messages a publisher sent, and why it stopped early if it did.
+/// The messages a publisher sent, how long their acknowledgements took, and why it stopped
+/// early if it did.
 pub struct PublisherOutcome {
     pub sent: u64,
+    /// Time (ns) from feeding a QoS 1/2 PUBLISH to reading its PUBACK or PUBREC, for the
+    /// acknowledgements read after the warm-up. Empty at QoS 0.
+    pub ack_latency: Histogram<u64>,
     pub error: Option<BenchError>,
 }
 
 /// Publishes until the deadline, then waits for the last acknowledgements and disconnects.
 pub async fn publish(mut conn: Conn, plan: PublisherPlan, shared: Arc<Shared>) -> PublisherOutcome {
     let mut publisher = Publisher {
-        window: Window::new(),
+        window: Window::new(u16::try_from(plan.inflight).unwrap_or(u16::MAX)),
         buf: BytesMut::with_capacity(BUFFER),
         sent: 0,
+        ack_latency: new_histogram(),
     };
     let result = publisher.run(&mut conn, &plan, &shared).await;
     if result.is_ok() {
@@ -287,6 +310,7 @@ pub async fn publish(mut conn: Conn, plan: PublisherPlan, shared: Arc<Shared>) -
     }
     PublisherOutcome {
         sent: publisher.sent,
+        ack_latency: publisher.ack_latency,
         error: result.err(),
     }
 }
@@ -296,6 +320,8 @@ struct Publisher {
     /// Payloads are carved from this buffer, so a message costs no allocation of its own.
     buf: BytesMut,
     sent: u64,
+    /// See `PublisherOutcome::ack_latency`.
+    ack_latency: Histogram<u64>,
 }
 
 impl Publisher {
@@ -330,7 +356,7 @@ impl Publisher {
                     self.feed_next(conn, plan, shared).await?;
                 }
                 conn.flush().await?;
-                self.read_acks(conn, plan.deadline).await?;
+                self.read_acks(conn, plan.deadline, shared).await?;
                 continue;
             };
             let deadline = tokio::time::Instant::from_std(plan.deadline);
@@ -341,7 +367,7 @@ impl Publisher {
                 }
                 item = conn.framed.next() => {
                     let packet = conn.received(item)?;
-                    self.on_packet(conn, packet).await?;
+                    self.on_packet(conn, packet, shared).await?;
                     conn.flush().await?;
                 }
                 _ = tokio::time::sleep_until(deadline) => {}
@@ -355,7 +381,7 @@ impl Publisher {
                     self.window.used
                 )));
             }
-            self.read_acks(conn, drain_until).await?;
+            self.read_acks(conn, drain_until, shared).await?;
         }
         Ok(())
     }
@@ -377,7 +403,9 @@ impl Publisher {
             // `encode` reserves too, but a large block at once keeps allocations rare.
             self.buf.reserve(BUFFER.max(plan.payload));
         }
-        let packet_id = (plan.qos != QoS::AtMostOnce).then(|| self.window.take());
+        // The acknowledgement latency starts here, at the stamp's time, although the PUBLISH may
+        // sit in the write buffer until the batch is flushed.
+        let packet_id = (plan.qos != QoS::AtMostOnce).then(|| self.window.take(stamp.sent_ns));
         conn.feed(Packet::Publish(Box::new(Publish {
             dup: false,
             qos: plan.qos,
@@ -394,22 +422,33 @@ impl Publisher {
     }
 
     /// Waits (until `until`) for one packet, then takes whatever else is already buffered.
-    async fn read_acks(&mut self, conn: &mut Conn, until: Instant) -> Result<(), BenchError> {
+    async fn read_acks(
+        &mut self,
+        conn: &mut Conn,
+        until: Instant,
+        shared: &Shared,
+    ) -> Result<(), BenchError> {
         let limit = until.saturating_duration_since(Instant::now());
         let Ok(item) = timeout(limit, conn.framed.next()).await else {
             return Ok(());
         };
         let packet = conn.received(item)?;
-        self.on_packet(conn, packet).await?;
+        self.on_packet(conn, packet, shared).await?;
         while let Some(item) = conn.framed.next().now_or_never() {
             let packet = conn.received(item)?;
-            self.on_packet(conn, packet).await?;
+            self.on_packet(conn, packet, shared).await?;
         }
         conn.flush().await
     }
 
-    /// Acknowledgements move the window on; PUBRELs are fed, not flushed.
-    async fn on_packet(&mut self, conn: &mut Conn, packet: Packet) -> Result<(), BenchError> {
+    /// Acknowledgements move the window on; PUBRELs are fed, not flushed. A successful PUBACK
+    /// or PUBREC records the acknowledgement latency.
+    async fn on_packet(
+        &mut self,
+        conn: &mut Conn,
+        packet: Packet,
+        shared: &Shared,
+    ) -> Result<(), BenchError> {
         let (ack, expected, next) = match packet {
             Packet::PubAck(ack) => (ack, Slot::Sent, Slot::Free),
             Packet::PubRec(ack) if ack.reason.is_failure() => (ack, Slot::Sent, Slot::Free),
@@ -429,6 +468,15 @@ impl Publisher {
         }
         if ack.reason.is_failure() {
             return Err(conn.error(format!("the broker refused a message: {:?}", ack.reason)));
+        }
+        if expected == Slot::Sent {
+            // Like the end-to-end latency: only what arrives after the warm-up counts.
+            let now = shared.now_ns();
+            if now >= shared.measure_from_ns {
+                let sent = self.window.sent_ns(ack.packet_id);
+                self.ack_latency
+                    .saturating_record(now.saturating_sub(sent).max(1));
+            }
         }
         self.window.set(ack.packet_id, next);
         if next == Slot::Released {

@@ -42,6 +42,12 @@ pub struct Report {
     pub malformed: u64,
     /// End-to-end latency (traffic scenarios) or CONNECT-to-CONNACK time (conn), microseconds.
     pub latency_us: Option<Latency>,
+    /// QoS 1/2 only: publisher-side acknowledgement latency over all publishers, microseconds,
+    /// from feeding a PUBLISH into the client's write buffer to reading its PUBACK (QoS 1) or
+    /// PUBREC (QoS 2) with a success reason. It includes the client's own write batching (a
+    /// PUBLISH may wait for the rest of its batch before it is written to the socket); only
+    /// acknowledgements read after the warm-up count.
+    pub ack_latency_us: Option<Latency>,
     pub connections: Option<u64>,
     /// Connections per second while they were being opened.
     pub connect_rate: Option<f64>,
@@ -109,6 +115,7 @@ impl Report {
             reordered: 0,
             malformed: 0,
             latency_us: None,
+            ack_latency_us: None,
             connections: None,
             connect_rate: None,
             rss_before_kb: None,
@@ -190,6 +197,12 @@ impl Report {
                 l.p50, l.p99, l.p999, l.max, l.samples
             );
         }
+        if let Some(l) = self.ack_latency_us {
+            s += &format!(
+                "  ack latency     p50 {} us, p99 {} us, p99.9 {} us, max {} us ({} samples)\n",
+                l.p50, l.p99, l.p999, l.max, l.samples
+            );
+        }
         if self.error_count > 0 {
             s += &format!("  errors          {}\n", self.error_count);
             for e in &self.errors {
@@ -198,5 +211,65 @@ impl Report {
         }
         s += &format!("  note            {SHARED_CORES_NOTE}");
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::bench::client::new_histogram;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn report(argv: &[&str]) -> Report {
+        let cli = Cli::try_parse_from(argv).expect("valid bench arguments");
+        Report::new(&cli.args, 1)
+    }
+
+    /// A latency of 1 ms to 2 ms, recorded in nanoseconds.
+    fn one_to_two_ms() -> Option<Latency> {
+        let mut ns = new_histogram();
+        for v in 1_000_000..=2_000_000u64 {
+            ns.saturating_record(v);
+        }
+        Latency::from_histogram(&ns)
+    }
+
+    #[test]
+    fn ack_latency_is_shown_and_serialized_like_latency() {
+        let mut report = report(&["bench", "p2p", "--qos", "1"]);
+        report.latency_us = one_to_two_ms();
+        report.ack_latency_us = one_to_two_ms();
+        let summary = report.summary();
+        let line = summary
+            .lines()
+            .find(|l| l.trim_start().starts_with("ack latency"))
+            .expect("an ack latency line");
+        assert!(line.contains("p50 1500"), "{line}");
+        assert!(line.contains("(1000001 samples)"), "{line}");
+
+        let json: serde_json::Value = serde_json::to_value(&report).expect("the report serializes");
+        let (ack, e2e) = (&json["ack_latency_us"], &json["latency_us"]);
+        for key in ["samples", "p50", "p99", "p999", "max", "mean"] {
+            assert!(ack[key].is_number(), "{key} in {ack}");
+            assert_eq!(ack[key], e2e[key], "{key}");
+        }
+    }
+
+    #[test]
+    fn no_ack_latency_without_acknowledgements() {
+        let mut report = report(&["bench", "p2p", "--qos", "0"]);
+        report.latency_us = one_to_two_ms();
+        report.ack_latency_us = Latency::from_histogram(&new_histogram());
+        assert!(report.ack_latency_us.is_none());
+        assert!(!report.summary().contains("ack latency"));
+        let json: serde_json::Value = serde_json::to_value(&report).expect("the report serializes");
+        assert!(json["ack_latency_us"].is_null(), "{json}");
     }
 }

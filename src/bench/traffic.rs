@@ -133,10 +133,13 @@ pub async fn run(args: &BenchArgs, options: &ConnectOptions) -> Result<Report, B
     report.publishers = publisher_count as u32;
     report.subscribers = layout.subscribers.len() as u32;
     let mut sent = Vec::with_capacity(publisher_count);
+    let mut ack_latency = client::new_histogram();
     for task in pub_tasks {
         match task.await {
             Ok(outcome) => {
                 sent.push(outcome.sent);
+                // Same bounds everywhere, so adding cannot fail.
+                let _ = ack_latency.add(&outcome.ack_latency);
                 if let Some(e) = outcome.error {
                     report.add_error(e);
                 }
@@ -182,6 +185,8 @@ pub async fn run(args: &BenchArgs, options: &ConnectOptions) -> Result<Report, B
     report.duplicates = tally.duplicates;
     report.reordered = tally.reordered;
     report.latency_us = Latency::from_histogram(&latency);
+    // Empty, hence `None`, at QoS 0: nothing is acknowledged.
+    report.ack_latency_us = Latency::from_histogram(&ack_latency);
     Ok(report)
 }
 
