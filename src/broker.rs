@@ -82,7 +82,8 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         max_retained_messages: config.limits.max_retained_messages,
         sys_interval: (config.sys_interval > 0).then(|| Duration::from_secs(config.sys_interval)),
     };
-    let registry = Registry::new(retained, stored, counters.clone(), db.clone(), settings).start();
+    let writer = db::start_writer(&db_path, config.durability);
+    let registry = Registry::new(retained, stored, counters.clone(), writer, settings).start();
     let shared = Arc::new(Shared {
         anonymous_allowed: config.anonymous_allowed(),
         registry: registry.clone(),

@@ -164,16 +164,27 @@ pub fn start(path: &str, threads: usize, durability: Durability) -> Result<Addr<
     // long as the others and so reveal that the user does not exist.
     password::dummy_hash()?;
 
+    Ok(start_threads(path, threads, durability))
+}
+
+/// One more DbActor thread on an already started (migrated) database: the journal's writer.
+/// Group commits go to this one connection in turn, so its page cache stays warm and no
+/// two batches ever compete for the write lock.
+pub fn start_writer(path: &str, durability: Durability) -> Addr<DbActor> {
+    start_threads(path, 1, durability)
+}
+
+fn start_threads(path: &str, threads: usize, durability: Durability) -> Addr<DbActor> {
     let path = path.to_owned();
     #[expect(clippy::panic, reason = "a SyncArbiter factory cannot return an error")]
-    Ok(SyncArbiter::start(threads.max(1), move || {
-        // The factory cannot return an error. The same path was opened and migrated just above,
-        // so this fails only if the file was removed or the process ran out of descriptors
-        // since; a panic then ends this one worker thread with a clear message.
+    SyncArbiter::start(threads.max(1), move || {
+        // The factory cannot return an error. The same path was opened and migrated at
+        // start-up, so this fails only if the file was removed or the process ran out of
+        // descriptors since; a panic then ends this one worker thread with a clear message.
         let conn = open_connection(&path, durability)
             .unwrap_or_else(|e| panic!("DbActor: cannot reopen database {path}: {e}"));
         DbActor::new(conn)
-    }))
+    })
 }
 
 // Handlers stay thin and never panic: a panic would kill the SyncArbiter thread for good.

@@ -111,6 +111,7 @@ pub struct Registry {
     /// Persistent sessions, connected or not (see `kept`).
     kept: HashMap<Arc<str>, Kept>,
     journal: Journal,
+    /// The database actor thread that commits the journal (one writer).
     db: Addr<DbActor>,
     subscriptions: SubscriptionTree,
     retained: RetainedStore<Arc<AppMessage>>,
