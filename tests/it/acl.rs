@@ -571,3 +571,53 @@ async fn cli_acl_add_list_remove_and_the_broker_applies_the_rules() {
     );
     disconnect(alice).await;
 }
+
+/// H113: read access revoked while a persistent session is offline with queued messages: after
+/// the reconnect (which loads the new rules) nothing more is delivered, queued messages
+/// included (CVE-2021-34434).
+#[tokio::test]
+async fn h113_revoked_read_access_stops_queued_messages_of_a_persistent_session() {
+    let broker = start_broker();
+    let Packet::Connect(mut c) = connect(V5, "durable-reader") else {
+        unreachable!()
+    };
+    c.properties.session_expiry_interval = Some(600);
+    let mut reader = Client::open(broker.addr, V5).await;
+    reader.send(Packet::Connect(c.clone())).await;
+    assert!(matches!(reader.recv().await, Some(Ok(Packet::ConnAck(_)))));
+    subscribe(&mut reader, "secret/#", QoS::AtLeastOnce).await;
+    disconnect(reader).await;
+    let mut publisher = Client::connected(broker.addr, V5, "publisher").await;
+    publish_ok(
+        &mut publisher,
+        1,
+        msg("secret/a", "queued", QoS::AtLeastOnce, false),
+    )
+    .await;
+    rule(
+        &broker,
+        AclSubject::Client("durable-reader".into()),
+        AclPermission::Deny,
+        AclAction::Receive,
+        "secret/#",
+    );
+    for action in [AclAction::Subscribe, AclAction::Receive] {
+        rule(
+            &broker,
+            AclSubject::Client("durable-reader".into()),
+            AclPermission::Allow,
+            action,
+            "marker",
+        );
+    }
+
+    c.clean_start = false;
+    let mut reader = Client::open(broker.addr, V5).await;
+    reader.send(Packet::Connect(c)).await;
+    match reader.recv().await {
+        Some(Ok(Packet::ConnAck(ack))) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    subscribe(&mut reader, "marker", QoS::AtMostOnce).await;
+    assert_next_is_marker(&mut reader, &mut publisher, "marker").await;
+}
