@@ -15,11 +15,13 @@
 //!   connect and keep-alive timers. All errors go through one function that picks the
 //!   CONNACK/DISCONNECT reason code.
 //! - [`registry::Registry`] (actor, one per broker): the active clients by client identifier
-//!   (take-over), every subscription (a topic trie), the retained messages, and routing: it
-//!   puts each matching delivery into the subscriber's bounded delivery queue with `try_send`.
+//!   (take-over), every subscription (a topic trie), the retained messages, the persistent
+//!   sessions, and routing: it puts each matching delivery into the subscriber's bounded
+//!   delivery queue with `try_send`. Its journal group-commits every change to a persistent
+//!   session ([`persist::StoreOp`]) and releases the acknowledgements that wait for it.
 //! - [`db::DbActor`] (actor on a `SyncArbiter`, one SQLite connection per thread): users and
-//!   passwords, ACL rules, retained messages, the client connect/disconnect record. The only
-//!   place that blocks.
+//!   passwords, ACL rules, retained messages, the client connect/disconnect record; one more
+//!   single-thread `DbActor` is the journal's writer. The only place that blocks.
 //!
 //! # Messages
 //!
@@ -28,11 +30,14 @@
 //! - Session -> DbActor: `Authenticate` and `LoadAcl` (CONNECT), `RecordConnect` (before
 //!   CONNACK), `StoreRetained` (a RETAIN publish, before its PUBACK), `RecordDisconnect`.
 //! - Session -> Registry: `Register` (after authentication; may close an older connection with
-//!   the same id), `Subscribe`, `Unsubscribe`, `Publish`, `Unregister`.
+//!   the same id; resumes a stored session), `Subscribe`, `Unsubscribe`, `Publish`,
+//!   `Acknowledged` (a persistent session's outbound PUBACK/PUBREC/PUBCOMP, inbound PUBREL),
+//!   `Unregister`.
+//! - Registry -> DbActor (writer): `Commit` (one batch of [`persist::StoreOp`]s).
 //! - Registry -> Session: `Close` (DISCONNECT 0x8E on take-over, 0x8B on shutdown), and
 //!   [`message::Delivery`] items through the session's bounded `tokio::sync::mpsc` queue.
-//! - Broker -> Listener: `StopAccepting`; Broker -> Registry: `Shutdown`; Broker -> DbActor:
-//!   `LoadRetained`, `CloseOpenConnections`, `Checkpoint`.
+//! - Broker -> Listener: `StopAccepting`; Broker -> Registry: `Shutdown`, `Flush`; Broker ->
+//!   DbActor: `LoadRetained`, `LoadState`, `CloseOpenConnections`, `Checkpoint`.
 //!
 //! # Life of a connection
 //!
@@ -45,8 +50,10 @@
 //!
 //! PUBLISH decoded by the publisher's Session -> checked (topic, alias, ACL) -> [`message::AppMessage`]
 //! (`Arc`, payload shared as `Bytes`) -> `StoreRetained` if RETAIN -> `Publish` to the Registry
-//! -> PUBACK/PUBREC -> the Registry matches the trie and queues one `Delivery` per subscriber
-//! -> each subscriber's Session writes it within that client's Receive Maximum.
+//! -> the Registry matches the trie and queues one `Delivery` per subscriber; for a persistent
+//! subscriber it journals the message first and queues it once committed -> PUBACK/PUBREC
+//! once every delivery is queued (and committed) -> each subscriber's Session writes it within
+//! that client's Receive Maximum.
 
 // Production code must not panic on what a peer sends; tests may.
 #![cfg_attr(
