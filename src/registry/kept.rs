@@ -69,6 +69,9 @@ impl Waiter {
 /// for a duplicate [MQTT-4.3.3-10].
 pub(super) struct Deferred {
     pub(super) client: Arc<str>,
+    /// The connection it is for: if another one has taken the session over meanwhile, that
+    /// one got the message in its resume list already.
+    pub(super) conn_id: u64,
     pub(super) delivery: Delivery,
     pub(super) ack: Rc<AckGroup>,
 }

@@ -265,7 +265,9 @@ impl Registry {
                     Counters::add(&act.counters.commits_failed);
                 }
                 for deferred in act.journal.finished(waiting, committed) {
-                    act.queue(&deferred.client, deferred.delivery, &deferred.ack, ctx);
+                    if act.owns(&deferred.client, deferred.conn_id) {
+                        act.queue(&deferred.client, deferred.delivery, &deferred.ack, ctx);
+                    }
                 }
                 act.commit_soon(ctx);
             })
@@ -493,14 +495,16 @@ impl Registry {
             Stored::NotKept => self.queue(client, delivery, ack, ctx),
             Stored::Dropped => {}
             // Sent once committed; an offline session gets it when it resumes.
-            Stored::Journalled if self.clients.contains_key(client) => {
-                self.journal.defer(Deferred {
-                    client: client.clone(),
-                    delivery,
-                    ack: ack.clone(),
-                });
+            Stored::Journalled => {
+                if let Some(entry) = self.clients.get(client) {
+                    self.journal.defer(Deferred {
+                        client: client.clone(),
+                        conn_id: entry.conn_id,
+                        delivery,
+                        ack: ack.clone(),
+                    });
+                }
             }
-            Stored::Journalled => {}
         }
     }
 
