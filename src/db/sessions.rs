@@ -4,18 +4,22 @@
 //!
 //! A message queued for many sessions is one `messages` row, referenced by one
 //! `session_messages` row per session. `apply` runs on the hot path of every QoS 1/2 message to
-//! a persistent subscriber, so each op is one or two statements built with the DSL: Diesel
-//! prepares each shape once per connection and reuses it.
+//! a persistent subscriber, so consecutive ops share multi-row statements built with the DSL,
+//! in shapes that Diesel prepares once per connection and reuses (see `Batch::apply_queue_run`).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use diesel::connection::DefaultLoadingMode;
 use diesel::dsl::{exists, not};
+use diesel::expression::AsExpression;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error};
-use diesel::sql_types::Text;
+use diesel::serialize::{self, Output, ToSql};
+use diesel::sql_types::{Binary, Text};
+use diesel::sqlite::Sqlite;
 
 use super::DbError;
 use super::queries::{decode_forwarded, encode_forwarded};
@@ -95,17 +99,21 @@ struct SubscriptionRow {
     identifier: Option<i64>,
 }
 
+/// A `messages` row. Rows own their values (shared, not copied) because Diesel caches a
+/// multi-row insert only for `'static` row types (see [`in_pieces`]). Every column is bound,
+/// `None` as NULL (`treat_none_as_default_value = false`): with column defaults the SQL would
+/// depend on the values and Diesel would rebuild it for every execution.
 #[derive(Insertable)]
-#[diesel(table_name = messages)]
-struct NewMessage<'a> {
+#[diesel(table_name = messages, treat_none_as_default_value = false)]
+struct NewMessage {
     id: i64,
-    topic: &'a str,
-    payload: &'a [u8],
+    topic: SharedText,
+    payload: SharedBytes,
     qos: i32,
     retain: bool,
-    properties: &'a [u8],
+    properties: Vec<u8>,
     expires_at_ms: Option<i64>,
-    publisher: &'a str,
+    publisher: SharedText,
 }
 
 #[derive(Queryable, Selectable)]
@@ -121,16 +129,17 @@ struct MessageRow {
     publisher: String,
 }
 
+/// A `session_messages` row; owned for the same reason as [`NewMessage`].
 #[derive(Insertable)]
-#[diesel(table_name = session_messages)]
-struct NewQueued<'a> {
-    client_id: &'a str,
+#[diesel(table_name = session_messages, treat_none_as_default_value = false)]
+struct NewQueued {
+    client_id: SharedText,
     packet_id: i32,
     seq: i64,
     message_id: i64,
     qos: i32,
     retain: bool,
-    subscription_ids: &'a str,
+    subscription_ids: String,
     released: bool,
 }
 
@@ -147,6 +156,28 @@ struct QueuedRow {
     released: bool,
 }
 
+/// A TEXT value bound straight from an `Arc<str>`, without copying it into a `String`.
+#[derive(Debug, AsExpression)]
+#[diesel(sql_type = Text)]
+struct SharedText(Arc<str>);
+
+impl ToSql<Text, Sqlite> for SharedText {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> serialize::Result {
+        <str as ToSql<Text, Sqlite>>::to_sql(&self.0, out)
+    }
+}
+
+/// A BLOB value bound straight from `Bytes`.
+#[derive(Debug, AsExpression)]
+#[diesel(sql_type = Binary)]
+struct SharedBytes(Bytes);
+
+impl ToSql<Binary, Sqlite> for SharedBytes {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> serialize::Result {
+        <[u8] as ToSql<Binary, Sqlite>>::to_sql(&self.0, out)
+    }
+}
+
 // ---- apply -----------------------------------------------------------------------------------
 
 /// Applies `ops` in order in one IMMEDIATE transaction, then records that the broker was alive
@@ -161,8 +192,16 @@ pub fn apply(
 ) -> Result<(), DbError> {
     conn.immediate_transaction(|conn| {
         let mut batch = Batch::default();
-        for op in ops {
-            batch.apply(conn, op)?;
+        let mut enqueued = HashSet::new();
+        let mut rest = ops;
+        while let Some(op) = rest.first() {
+            let run = queue_run_len(rest, &mut enqueued);
+            if run > 0 {
+                batch.apply_queue_run(conn, &rest[..run])?;
+            } else {
+                batch.apply(conn, op)?;
+            }
+            rest = &rest[run.max(1)..];
         }
         batch.collect_garbage(conn)?;
         diesel::replace_into(broker_state::table)
@@ -175,6 +214,32 @@ pub fn apply(
     })
 }
 
+/// How many ops at the start of `ops` form one queue run for [`Batch::apply_queue_run`]:
+/// `Enqueue` and `Completed` ops, up to a `Completed` of a packet id that the run enqueued,
+/// because that delete must follow the insert and the run deletes first. Otherwise these ops
+/// commute: each touches only its own `session_messages` row, and messages are collected after
+/// the last op. `enqueued` is scratch space, reused from run to run.
+fn queue_run_len<'a>(ops: &'a [StoreOp], enqueued: &mut HashSet<(&'a str, u16)>) -> usize {
+    enqueued.clear();
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            StoreOp::Enqueue {
+                client_id,
+                delivery,
+                ..
+            } => {
+                enqueued.insert((client_id, delivery.packet_id));
+            }
+            StoreOp::Completed {
+                client_id,
+                packet_id,
+            } if !enqueued.contains(&(&**client_id, *packet_id)) => {}
+            _ => return i,
+        }
+    }
+    ops.len()
+}
+
 /// What one `apply` call carries from op to op.
 #[derive(Default)]
 struct Batch {
@@ -183,8 +248,6 @@ struct Batch {
     stored: HashSet<i64>,
     /// Message ids that an op of this call stopped referencing; see `collect_garbage`.
     maybe_unreferenced: Vec<i64>,
-    /// `session_messages.subscription_ids` of the current `Enqueue`, reused from op to op.
-    subscription_ids: String,
 }
 
 impl Batch {
@@ -233,12 +296,6 @@ impl Batch {
                 diesel::delete(session_subscriptions::table.find((&**client_id, &**filter)))
                     .execute(conn)?;
             }
-            StoreOp::Enqueue {
-                client_id,
-                message_id,
-                message,
-                delivery,
-            } => self.enqueue(conn, client_id, *message_id, message, delivery)?,
             StoreOp::Released {
                 client_id,
                 packet_id,
@@ -247,17 +304,9 @@ impl Batch {
                     .set(session_messages::released.eq(true))
                     .execute(conn)?;
             }
-            StoreOp::Completed {
-                client_id,
-                packet_id,
-            } => {
-                let message_id = diesel::delete(
-                    session_messages::table.find((&**client_id, i32::from(*packet_id))),
-                )
-                .returning(session_messages::message_id)
-                .get_result::<i64>(conn)
-                .optional()?;
-                self.maybe_unreferenced.extend(message_id);
+            // `apply` passes these on as runs; a lone one is a run of one.
+            StoreOp::Enqueue { .. } | StoreOp::Completed { .. } => {
+                self.apply_queue_run(conn, std::slice::from_ref(op))?;
             }
             StoreOp::InboundQos2 {
                 client_id,
@@ -282,56 +331,90 @@ impl Batch {
         Ok(())
     }
 
-    fn enqueue(
+    /// Applies a run of `Enqueue` and `Completed` ops (see [`queue_run_len`]) in a few
+    /// multi-row statements, as the per-statement work of Diesel and SQLite dominates the hot
+    /// path: first the `Completed` ones, a client's consecutive packet ids in one range (a
+    /// subscriber's acknowledgements are mostly consecutive ids), then the new messages, then
+    /// the `Enqueue` rows in order. Each statement has one of a few fixed shapes that Diesel
+    /// prepares once: an `IN (...)` list or an insert of any number of rows is prepared at
+    /// every execution, and measured slower than one statement per row.
+    fn apply_queue_run(
         &mut self,
         conn: &mut SqliteConnection,
-        client_id: &str,
-        message_id: i64,
-        message: &AppMessage,
-        delivery: &StoredDelivery,
+        ops: &[StoreOp],
     ) -> Result<(), DbError> {
-        if self.stored.insert(message_id) {
-            let properties = encode_forwarded(&message.properties)
-                .map_err(|source| encode_error(message, source))?;
-            // OR IGNORE: an earlier batch may have stored it for other sessions already.
-            diesel::insert_or_ignore_into(messages::table)
-                .values(&NewMessage {
-                    id: message_id,
-                    topic: &message.topic,
-                    payload: &message.payload,
+        let mut completed: Vec<(&str, i32)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                StoreOp::Completed {
+                    client_id,
+                    packet_id,
+                } => Some((&**client_id, i32::from(*packet_id))),
+                _ => None,
+            })
+            .collect();
+        completed.sort_unstable();
+        completed.dedup();
+        for range in completed.chunk_by(|a, b| a.0 == b.0 && b.1 == a.1 + 1) {
+            if let ([(client_id, first), ..], [.., (_, last)]) = (range, range) {
+                // SELECT then DELETE: measured faster than DELETE ... RETURNING, which costs
+                // SQLite a temporary b-tree per statement.
+                let rows = session_messages::table
+                    .filter(session_messages::client_id.eq(client_id))
+                    .filter(session_messages::packet_id.between(first, last));
+                for id in rows
+                    .select(session_messages::message_id)
+                    .load_iter::<i64, DefaultLoadingMode>(conn)?
+                {
+                    self.maybe_unreferenced.push(id?);
+                }
+                diesel::delete(rows).execute(conn)?;
+            }
+        }
+        let mut new_messages = Vec::new();
+        let mut queued = Vec::new();
+        for op in ops {
+            let StoreOp::Enqueue {
+                client_id,
+                message_id,
+                message,
+                delivery,
+            } = op
+            else {
+                continue;
+            };
+            if self.stored.insert(*message_id) {
+                new_messages.push(NewMessage {
+                    id: *message_id,
+                    topic: SharedText(message.topic.clone()),
+                    payload: SharedBytes(message.payload.clone()),
                     qos: message.qos as i32,
                     retain: message.retain,
-                    properties: &properties,
+                    properties: encode_forwarded(&message.properties)
+                        .map_err(|source| encode_error(message, source))?,
                     expires_at_ms: message.expires_at_ms,
-                    publisher: &message.publisher,
-                })
-                .execute(conn)?;
-        }
-        self.subscription_ids.clear();
-        for (i, id) in delivery.subscription_ids.iter().enumerate() {
-            if i > 0 {
-                self.subscription_ids.push(',');
+                    publisher: SharedText(message.publisher.clone()),
+                });
             }
-            // Writing to a String cannot fail.
-            let _ = write!(self.subscription_ids, "{id}");
+            queued.push(NewQueued {
+                client_id: SharedText(client_id.clone()),
+                packet_id: i32::from(delivery.packet_id),
+                seq: delivery.seq,
+                message_id: *message_id,
+                qos: delivery.qos as i32,
+                retain: delivery.retain,
+                subscription_ids: subscription_ids(&delivery.subscription_ids),
+                released: delivery.released,
+            });
         }
-        let row = NewQueued {
-            client_id,
-            packet_id: i32::from(delivery.packet_id),
-            seq: delivery.seq,
-            message_id,
-            qos: delivery.qos as i32,
-            retain: delivery.retain,
-            subscription_ids: &self.subscription_ids,
-            released: delivery.released,
-        };
-        let result = diesel::replace_into(session_messages::table)
-            .values(&row)
-            .execute(conn);
-        if !stored_unless_no_session(result, "message", client_id)? {
-            self.maybe_unreferenced.push(message_id);
-        }
-        Ok(())
+        in_pieces(conn, &new_messages, &mut InsertMessages)?;
+        in_pieces(
+            conn,
+            &queued,
+            &mut ReplaceQueued {
+                unstored: &mut self.maybe_unreferenced,
+            },
+        )
     }
 
     /// Deletes `client_id`'s session and everything it holds (the rest by cascade).
@@ -357,12 +440,134 @@ impl Batch {
     fn collect_garbage(&mut self, conn: &mut SqliteConnection) -> QueryResult<()> {
         self.maybe_unreferenced.sort_unstable();
         self.maybe_unreferenced.dedup();
-        for &id in &self.maybe_unreferenced {
-            let referenced =
-                exists(session_messages::table.filter(session_messages::message_id.eq(id)));
-            diesel::delete(messages::table.find(id).filter(not(referenced))).execute(conn)?;
+        // Consecutive ids (the usual case: messages are numbered as published) go in one
+        // range delete, a statement Diesel prepares once; `NOT EXISTS` is then one index
+        // lookup per message of the range.
+        for range in self.maybe_unreferenced.chunk_by(|a, b| *b == a + 1) {
+            if let ([first, ..], [.., last]) = (range, range) {
+                let referenced = exists(
+                    session_messages::table.filter(session_messages::message_id.eq(messages::id)),
+                );
+                diesel::delete(
+                    messages::table
+                        .filter(messages::id.between(first, last))
+                        .filter(not(referenced)),
+                )
+                .execute(conn)?;
+            }
         }
         Ok(())
+    }
+}
+
+/// `session_messages.subscription_ids`: decimal, comma-separated.
+fn subscription_ids(ids: &[u32]) -> String {
+    let mut text = String::new();
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(text, "{id}");
+    }
+    text
+}
+
+/// One multi-row statement for `N` rows at a time, run by [`in_pieces`].
+trait Pieces {
+    type Row;
+    fn run<const N: usize>(
+        &mut self,
+        conn: &mut SqliteConnection,
+        rows: &[Self::Row; N],
+    ) -> Result<(), DbError>;
+}
+
+/// Runs `statement` over `rows` in order, in pieces of 32, 16, ... 1 rows (the largest that
+/// fits first): six statement shapes, each prepared once by Diesel, with at most 32 × 8 = 256
+/// bind variables, far below SQLite's limit (32766). Pieces of 64 or 128 measured no faster.
+fn in_pieces<P: Pieces>(
+    conn: &mut SqliteConnection,
+    rows: &[P::Row],
+    statement: &mut P,
+) -> Result<(), DbError> {
+    let mut rest = rows;
+    loop {
+        rest = if let Some((piece, rest)) = rest.split_first_chunk::<32>() {
+            statement.run(conn, piece)?;
+            rest
+        } else if let Some((piece, rest)) = rest.split_first_chunk::<16>() {
+            statement.run(conn, piece)?;
+            rest
+        } else if let Some((piece, rest)) = rest.split_first_chunk::<8>() {
+            statement.run(conn, piece)?;
+            rest
+        } else if let Some((piece, rest)) = rest.split_first_chunk::<4>() {
+            statement.run(conn, piece)?;
+            rest
+        } else if let Some((piece, rest)) = rest.split_first_chunk::<2>() {
+            statement.run(conn, piece)?;
+            rest
+        } else if let Some((piece, rest)) = rest.split_first_chunk::<1>() {
+            statement.run(conn, piece)?;
+            rest
+        } else {
+            return Ok(());
+        };
+    }
+}
+
+/// Stores new messages.
+struct InsertMessages;
+
+impl Pieces for InsertMessages {
+    type Row = NewMessage;
+    fn run<const N: usize>(
+        &mut self,
+        conn: &mut SqliteConnection,
+        rows: &[NewMessage; N],
+    ) -> Result<(), DbError> {
+        // OR IGNORE: an earlier batch may have stored one for other sessions already.
+        diesel::insert_or_ignore_into(messages::table)
+            .values(rows)
+            .execute(conn)?;
+        Ok(())
+    }
+}
+
+/// Queues messages for sessions; the message ids of rows not stored for want of a session
+/// go to `unstored`, to be collected.
+struct ReplaceQueued<'a> {
+    unstored: &'a mut Vec<i64>,
+}
+
+impl Pieces for ReplaceQueued<'_> {
+    type Row = NewQueued;
+    fn run<const N: usize>(
+        &mut self,
+        conn: &mut SqliteConnection,
+        rows: &[NewQueued; N],
+    ) -> Result<(), DbError> {
+        match diesel::replace_into(session_messages::table)
+            .values(rows)
+            .execute(conn)
+        {
+            Ok(_) => Ok(()),
+            // Some client has no session, which fails the whole statement (and only it): the
+            // other rows are stored one by one. Rare, see `apply`.
+            Err(Error::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _)) => {
+                for row in rows {
+                    let result = diesel::replace_into(session_messages::table)
+                        .values(row)
+                        .execute(conn);
+                    if !stored_unless_no_session(result, "message", &row.client_id.0)? {
+                        self.unstored.push(row.message_id);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -1146,6 +1351,133 @@ mod tests {
         assert_eq!(count(&mut conn, "messages"), 0);
     }
 
+    /// `enqueue` with a packet id other than its seq.
+    fn enqueue_as(
+        client_id: &str,
+        message_id: i64,
+        m: &Arc<AppMessage>,
+        seq: i64,
+        packet_id: u16,
+    ) -> StoreOp {
+        StoreOp::Enqueue {
+            client_id: Arc::from(client_id),
+            message_id,
+            message: m.clone(),
+            delivery: delivery(seq, packet_id),
+        }
+    }
+
+    /// `(packet_id, message_id)` of every queued row of `client_id`, in packet id order.
+    fn queued(conn: &mut SqliteConnection, client_id: &str) -> Vec<(i32, i64)> {
+        session_messages::table
+            .filter(session_messages::client_id.eq(client_id))
+            .order(session_messages::packet_id)
+            .select((session_messages::packet_id, session_messages::message_id))
+            .load(conn)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_queue_run_keeps_the_order_of_ops_on_one_packet_id() {
+        let (_dir, mut conn) = test_db();
+        let m: Vec<_> = (0..5).map(|i| message(&format!("t/{i}"), b"x")).collect();
+        apply(
+            &mut conn,
+            &[open("c", false, 100), enqueue_as("c", 1, &m[1], 1, 1)],
+            1,
+        )
+        .unwrap();
+        let ops = [
+            // Completed, then the packet id reused: the new row stays.
+            completed("c", 1),
+            enqueue_as("c", 2, &m[2], 2, 1),
+            // Enqueued, then completed: gone (the Completed starts a new run).
+            enqueue_as("c", 3, &m[3], 3, 2),
+            completed("c", 2),
+            // The same packet id twice in one run: the later row replaces the earlier.
+            enqueue_as("c", 3, &m[3], 4, 3),
+            enqueue_as("c", 4, &m[4], 5, 3),
+        ];
+        apply(&mut conn, &ops, 1).unwrap();
+        assert_eq!(queued(&mut conn, "c"), [(1, 2), (3, 4)]);
+        let state = load(&mut conn, 1).unwrap();
+        let seqs: Vec<_> = session(&state, "c")
+            .queue
+            .iter()
+            .map(|(_, d)| d.seq)
+            .collect();
+        assert_eq!(seqs, [2, 5]);
+        assert_eq!(count(&mut conn, "messages"), 2, "1 and 3 were collected");
+    }
+
+    #[test]
+    fn completions_delete_exactly_their_rows() {
+        let (_dir, mut conn) = test_db();
+        let m = message("t", b"x");
+        let mut ops = vec![open("a", false, 100), open("b", false, 100)];
+        let packet_ids = (1..=10).chain([65_535]);
+        ops.extend(
+            packet_ids
+                .clone()
+                .map(|p| enqueue_as("a", i64::from(p), &m, i64::from(p), p)),
+        );
+        ops.extend((1..=3).map(|p| enqueue_as("b", 100 + i64::from(p), &m, 100 + i64::from(p), p)));
+        apply(&mut conn, &ops, 1).unwrap();
+
+        // One run, out of order, with a duplicate, an unknown id, and an Enqueue in between.
+        let ops = [
+            completed("a", 65_535),
+            completed("a", 2),
+            completed("b", 2),
+            completed("a", 1),
+            enqueue_as("b", 200, &m, 200, 4),
+            completed("a", 3),
+            completed("a", 7),
+            completed("a", 2),
+            completed("a", 9_999),
+            completed("a", 8),
+            completed("a", 5),
+        ];
+        apply(&mut conn, &ops, 1).unwrap();
+        assert_eq!(queued(&mut conn, "a"), [(4, 4), (6, 6), (9, 9), (10, 10)]);
+        assert_eq!(queued(&mut conn, "b"), [(1, 101), (3, 103), (4, 200)]);
+        assert_eq!(
+            count(&mut conn, "messages"),
+            7,
+            "the completed ones were collected"
+        );
+    }
+
+    #[test]
+    fn a_missing_session_does_not_lose_the_rest_of_a_multi_row_insert() {
+        let (_dir, mut conn) = test_db();
+        let m = message("t", b"x");
+        apply(
+            &mut conn,
+            &[open("a", false, 100), open("b", false, 100)],
+            1,
+        )
+        .unwrap();
+        // 40 rows: pieces of 32 and 8, each with rows of the missing session.
+        let clients = ["a", "ghost", "b"];
+        let ops: Vec<_> = (1..=40u16)
+            .map(|i| {
+                let id = i64::from(i);
+                enqueue_as(clients[usize::from(i) % 3], id, &m, id, i)
+            })
+            .collect();
+        apply(&mut conn, &ops, 1).unwrap();
+        let (a, b) = (queued(&mut conn, "a"), queued(&mut conn, "b"));
+        assert_eq!((a.len(), b.len()), (13, 13));
+        assert!(a.iter().all(|&(p, _)| p % 3 == 0) && b.iter().all(|&(p, _)| p % 3 == 2));
+        assert_eq!(count(&mut conn, "session_messages"), 26);
+        assert_eq!(
+            count(&mut conn, "messages"),
+            26,
+            "the ghost's were collected"
+        );
+    }
+
     #[test]
     fn a_message_that_does_not_encode_fails_the_whole_batch() {
         let (_dir, mut conn) = test_db();
@@ -1334,6 +1666,90 @@ mod tests {
             matches!(&err, DbError::Corrupt(report) if report == "Freelist: size is 0 but should be 9"),
             "{err:?}"
         );
+    }
+
+    /// The p2p QoS 1 hot path: each batch enqueues `batch / 2` new messages (fan-out 1) and
+    /// completes the previous batch's, interleaved as the Registry journals them (or as two
+    /// runs, Completed first). `cargo test --release --lib -- --ignored --nocapture bench_enqueue`
+    #[test]
+    #[ignore = "a benchmark: run in release mode"]
+    fn bench_enqueue_complete_mix() {
+        const SESSIONS: usize = 16;
+        const OPS: usize = 200_000;
+        for batch in [64, 512] {
+            for interleaved in [true, false] {
+                let (_dir, mut conn) = test_db();
+                let clients: Vec<Arc<str>> =
+                    (0..SESSIONS).map(|i| Arc::from(format!("c{i}"))).collect();
+                let opens: Vec<_> = clients.iter().map(|c| open(c, false, 3600)).collect();
+                apply(&mut conn, &opens, 1).unwrap();
+                let m = message("bench/t", &[b'x'; 64]);
+                let mut batches = Vec::new();
+                let mut previous: Vec<StoreOp> = Vec::new();
+                for b in 0..OPS / batch {
+                    let enqueues: Vec<_> = (0..batch / 2)
+                        .map(|i| {
+                            let n = b * batch / 2 + i;
+                            let packet_id = u16::try_from(n / SESSIONS % 65_535 + 1).unwrap();
+                            StoreOp::Enqueue {
+                                client_id: clients[n % SESSIONS].clone(),
+                                message_id: i64::try_from(n).unwrap() + 1,
+                                message: m.clone(),
+                                delivery: StoredDelivery {
+                                    subscription_ids: vec![1],
+                                    ..delivery(i64::try_from(n).unwrap() + 1, packet_id)
+                                },
+                            }
+                        })
+                        .collect();
+                    let completions = previous.iter().map(|op| match op {
+                        StoreOp::Enqueue {
+                            client_id,
+                            delivery,
+                            ..
+                        } => completed(client_id, delivery.packet_id),
+                        _ => unreachable!(),
+                    });
+                    let ops: Vec<_> = if interleaved {
+                        let mut ops = Vec::with_capacity(batch);
+                        let mut completions = completions;
+                        for e in &enqueues {
+                            ops.push(e.clone());
+                            ops.extend(completions.next());
+                        }
+                        ops
+                    } else {
+                        completions.chain(enqueues.iter().cloned()).collect()
+                    };
+                    previous = enqueues;
+                    batches.push(ops);
+                }
+                let n: usize = batches.iter().map(Vec::len).sum();
+                let start = std::time::Instant::now();
+                for ops in &batches {
+                    apply(&mut conn, ops, 2).unwrap();
+                }
+                let elapsed = start.elapsed();
+                println!(
+                    "bench_enqueue_complete_mix, batch {batch}, {}: {n} ops in {elapsed:?}: \
+                     {:.0} ops/s",
+                    if interleaved {
+                        "interleaved"
+                    } else {
+                        "two runs"
+                    },
+                    n as f64 / elapsed.as_secs_f64()
+                );
+                assert_eq!(
+                    count(&mut conn, "session_messages"),
+                    i64::try_from(batch / 2).unwrap()
+                );
+                assert_eq!(
+                    count(&mut conn, "messages"),
+                    i64::try_from(batch / 2).unwrap()
+                );
+            }
+        }
     }
 
     /// `cargo test --release --lib -- --ignored --nocapture bench_enqueue`
