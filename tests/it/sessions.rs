@@ -404,3 +404,27 @@ async fn mqtt_3_1_3_9_a_will_due_while_the_broker_was_down_is_published_at_resta
     let (_back, present) = session(broker.addr, "short-lived", false, 1).await;
     assert!(!present, "the session itself expired");
 }
+
+#[tokio::test]
+async fn limits_an_offline_session_keeps_at_most_max_queued_bytes() {
+    let broker = start_broker_with(|c| c.limits.max_queued_bytes = 10);
+    let (mut sub, _) = session(broker.addr, "bytes", true, 60).await;
+    subscribe(&mut sub, "b/#", QoS::AtLeastOnce).await;
+    disconnect(sub).await;
+    let mut publisher = Client::connected(broker.addr, V5, "publisher").await;
+    // 6 + 6 bytes: the second still goes in (under 10 before it), the third does not.
+    for (id, payload) in [(1, "first!"), (2, "second"), (3, "third!")] {
+        publish_ok(
+            &mut publisher,
+            id,
+            msg("b/a", payload, QoS::AtLeastOnce, false),
+        )
+        .await;
+    }
+    assert_eq!(Counters::get(&broker.counters.dropped_session_full), 1);
+    let (mut sub, _) = session(broker.addr, "bytes", false, 60).await;
+    for payload in ["first!", "second"] {
+        assert_eq!(text(&recv_publish(&mut sub).await), ("b/a", payload));
+    }
+    assert_next_is_marker(&mut sub, &mut publisher, "b/marker").await;
+}
