@@ -22,6 +22,7 @@ use crate::messages::{
 use crate::registry::{Registry, Settings};
 use crate::stats::Counters;
 use crate::tls::{TlsAcceptor, TlsError};
+use crate::websocket::WebSocketAcceptor;
 
 /// How long shutdown waits for sessions to send DISCONNECT 0x8B and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -43,10 +44,13 @@ pub struct Shared {
 pub struct Broker {
     /// The bound address of each listener, in configuration order (port 0 resolved).
     pub local_addrs: Vec<SocketAddr>,
+    /// The bound address of the `[http]` server, if one is configured (port 0 resolved).
+    pub http_addr: Option<SocketAddr>,
     pub registry: Addr<Registry>,
     pub db: Addr<DbActor>,
     pub counters: Arc<Counters>,
     listeners: Vec<Addr<Listener>>,
+    http: Option<crate::http::HttpServer>,
     arbiters: Vec<Arbiter>,
     /// The TLS listeners' acceptors, by bound address, for `reload_tls`.
     tls: Vec<(SocketAddr, Arc<TlsAcceptor>)>,
@@ -55,6 +59,7 @@ pub struct Broker {
 /// Starts a broker inside the current actix `System`: migrates the database, starts the
 /// DbActor, the Registry and `config.worker_count()` session Arbiters, and binds every listener.
 pub async fn start(config: Config) -> Result<Broker, BrokerError> {
+    let started = std::time::Instant::now();
     let db_path = config.db_path.to_string_lossy().into_owned();
     let db = db::start(&db_path, config.db_threads, config.durability)?;
     // Rows still open were left by a crash or kill: their end time is unknown, so they are
@@ -106,6 +111,12 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     let mut tls_acceptors = Vec::new();
     for config in shared.config.effective_listeners() {
         let addr = config.bind;
+        let websocket = config.websocket_path().map(|path| {
+            Arc::new(WebSocketAcceptor::new(
+                path,
+                shared.config.limits.max_packet_size,
+            ))
+        });
         // Certificate problems are found before anything is bound.
         let tls = match config.tls {
             Some(files) => Some(Arc::new(
@@ -125,16 +136,26 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
             info!("{local}: TLS");
             tls_acceptors.push((local, tls.clone()));
         }
+        if let Some(websocket) = &websocket {
+            info!("{local}: MQTT over WebSocket on {}", websocket.path());
+        }
         listeners.push(Listener::start(
             listener,
             shared.clone(),
             handles.clone(),
             conn_ids.clone(),
             tls,
+            websocket,
         ));
     }
+    let http = match shared.config.http.as_ref().map(|h| h.bind) {
+        Some(bind) => Some(crate::http::start(bind, shared.clone(), started).await?),
+        None => None,
+    };
     Ok(Broker {
         local_addrs,
+        http_addr: http.as_ref().map(|h| h.local_addr),
+        http,
         registry,
         db,
         counters,
@@ -168,6 +189,9 @@ impl Broker {
     pub async fn shutdown(self) {
         for listener in &self.listeners {
             let _ = listener.send(StopAccepting).await;
+        }
+        if let Some(http) = &self.http {
+            http.stop().await;
         }
         if tokio::time::timeout(SHUTDOWN_GRACE, self.registry.send(Shutdown))
             .await

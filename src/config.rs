@@ -38,6 +38,8 @@ pub struct Config {
     /// also survives power loss). See the README's durability section.
     pub durability: crate::persist::Durability,
     pub limits: Limits,
+    /// The `[http]` table: the operations endpoint (`/metrics`, `/healthz`). Unset = none.
+    pub http: Option<HttpConfig>,
 }
 
 /// `acl_default = "allow" | "deny"`.
@@ -57,12 +59,32 @@ pub struct ListenerConfig {
     /// Makes this a TLS listener.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// MQTT over WebSocket (wss with `tls`): an HTTP upgrade on `websocket_path` first.
+    #[serde(default)]
+    pub websocket: bool,
+    /// The HTTP path upgraded to MQTT (needs `websocket`); unset: `/mqtt`.
+    #[serde(default)]
+    pub websocket_path: Option<String>,
 }
 
 impl ListenerConfig {
     /// A plain TCP listener.
     pub fn tcp(bind: SocketAddr) -> ListenerConfig {
-        ListenerConfig { bind, tls: None }
+        ListenerConfig {
+            bind,
+            tls: None,
+            websocket: false,
+            websocket_path: None,
+        }
+    }
+
+    /// The path a WebSocket listener upgrades; `None` on an MQTT-over-TCP listener.
+    pub fn websocket_path(&self) -> Option<&str> {
+        self.websocket.then(|| {
+            self.websocket_path
+                .as_deref()
+                .unwrap_or(crate::websocket::DEFAULT_PATH)
+        })
     }
 }
 
@@ -91,6 +113,15 @@ pub enum CertIdentity {
     Cn,
     /// The first DNS name of the Subject Alternative Name extension.
     San,
+}
+
+/// The `[http]` table: a plain-HTTP server for operations, `GET /metrics` (Prometheus) and
+/// `GET /healthz`. It has no authentication: bind it to loopback or a management network.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `ADDR:PORT`; port 0 picks a free port.
+    pub bind: SocketAddr,
 }
 
 /// The `[limits]` table.
@@ -146,8 +177,8 @@ pub struct Limits {
     /// this value in CONNACK. A 3.1.1 client with Clean Session 0 gets exactly this. 4294967295
     /// means sessions may never expire.
     pub max_session_expiry: u32,
-    /// Payload bytes kept for one offline persistent session; with `max_queued_messages`, what
-    /// goes over is dropped (drop-new) and counted.
+    /// Payload bytes of one offline persistent session: once it holds this much (or
+    /// `max_queued_messages`), new messages for it are dropped (drop-new) and counted.
     pub max_queued_bytes: usize,
 }
 
@@ -164,6 +195,7 @@ impl Default for Config {
             db_threads: 2,
             durability: crate::persist::Durability::default(),
             limits: Limits::default(),
+            http: None,
         }
     }
 }
@@ -271,6 +303,15 @@ impl Config {
         if self.db_threads == 0 {
             return invalid("db_threads", "must be at least 1");
         }
+        if let Some(http) = &self.http
+            && http.bind.port() != 0
+            && self
+                .effective_listeners()
+                .iter()
+                .any(|l| l.bind == http.bind)
+        {
+            return invalid("http.bind", "is also an MQTT listener's address");
+        }
         for tls in self.listeners.iter().filter_map(|l| l.tls.as_ref()) {
             if tls.client_ca.is_none() {
                 if tls.crl.is_some() {
@@ -280,6 +321,25 @@ impl Config {
                     return invalid(
                         "listener.tls.identity_as_username",
                         "needs listener.tls.client_ca",
+                    );
+                }
+            }
+        }
+        for listener in &self.listeners {
+            if let Some(path) = &listener.websocket_path {
+                if !listener.websocket {
+                    return invalid("listener.websocket_path", "needs listener.websocket = true");
+                }
+                // Compared with the request's path as sent (percent-encoded, no query).
+                if !path.starts_with('/')
+                    || path.len() > 1024
+                    || path
+                        .bytes()
+                        .any(|b| !b.is_ascii_graphic() || b == b'?' || b == b'#')
+                {
+                    return invalid(
+                        "listener.websocket_path",
+                        "must start with / and be printable ASCII without spaces, ? or #",
                     );
                 }
             }
@@ -366,6 +426,49 @@ mod tests {
     }
 
     #[test]
+    fn websocket_listener_keys() {
+        let c: Config = toml::from_str(
+            "[[listener]]\nbind = \"0.0.0.0:8080\"\nwebsocket = true\n\
+             [[listener]]\nbind = \"0.0.0.0:8081\"\nwebsocket = true\nwebsocket_path = \"/ws\"\n\
+             [[listener]]\nbind = \"0.0.0.0:8443\"\nwebsocket = true\n\
+             tls = { cert = \"c.pem\", key = \"k.pem\" }\n\
+             [[listener]]\nbind = \"0.0.0.0:1883\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let paths: Vec<_> = c.listeners.iter().map(|l| l.websocket_path()).collect();
+        assert_eq!(paths, [Some("/mqtt"), Some("/ws"), Some("/mqtt"), None]);
+        assert!(c.listeners[2].tls.is_some());
+
+        for (toml, key) in [
+            ("websocket_path = \"/ws\"\n", "listener.websocket_path"),
+            (
+                "websocket = true\nwebsocket_path = \"ws\"\n",
+                "listener.websocket_path",
+            ),
+            (
+                "websocket = true\nwebsocket_path = \"/a b\"\n",
+                "listener.websocket_path",
+            ),
+            (
+                "websocket = true\nwebsocket_path = \"/a?b\"\n",
+                "listener.websocket_path",
+            ),
+        ] {
+            let c: Config =
+                toml::from_str(&format!("[[listener]]\nbind = \"0.0.0.0:8080\"\n{toml}")).unwrap();
+            assert!(
+                matches!(c.validate(), Err(ConfigError::Invalid { key: k, .. }) if k == key),
+                "{toml}"
+            );
+        }
+        assert!(
+            toml::from_str::<Config>("[[listener]]\nbind = \"0.0.0.0:8080\"\nwebsocket = 1\n")
+                .is_err()
+        );
+    }
+
+    #[test]
     fn tls_listener_keys() {
         let c: Config = toml::from_str(
             "[[listener]]\nbind = \"0.0.0.0:8883\"\n\
@@ -397,6 +500,26 @@ mod tests {
             c.validate(),
             Err(ConfigError::Invalid {
                 key: "listener.tls.identity_as_username",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn http_table() {
+        let c: Config = toml::from_str("").unwrap();
+        assert!(c.http.is_none());
+        let c: Config = toml::from_str("[http]\nbind = \"127.0.0.1:9883\"\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.http.unwrap().bind, "127.0.0.1:9883".parse().unwrap());
+        assert!(toml::from_str::<Config>("[http]\n").is_err());
+        assert!(toml::from_str::<Config>("[http]\nbind = \"127.0.0.1:9883\"\nport = 1\n").is_err());
+        // The default MQTT listener's address.
+        let c: Config = toml::from_str("[http]\nbind = \"127.0.0.1:1883\"\n").unwrap();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "http.bind",
                 ..
             })
         ));

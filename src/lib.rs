@@ -8,8 +8,9 @@
 //!   only place where bytes become packets.
 //! - [`listener::Listener`] (actor, one per listening address): accepts TCP connections and
 //!   starts one `Session` per socket on one of N session Arbiters (threads), round-robin. On a
-//!   TLS listener the handshake ([`tls`]) runs first, on that Arbiter; the Session only gets the
-//!   split byte stream (and the client certificate's username, if the listener maps one).
+//!   TLS listener the handshake ([`tls`]) runs first, on that Arbiter; on a WebSocket listener
+//!   the HTTP upgrade ([`websocket`]) comes next. The Session only gets the split byte stream
+//!   (and the client certificate's username, if the listener maps one).
 //! - [`session::Session`] (actor, one per connection): reads packets from a `FramedRead`,
 //!   handles them in one dispatch `match`, writes replies through a `FramedWrite`, runs the
 //!   connect and keep-alive timers. All errors go through one function that picks the
@@ -22,6 +23,8 @@
 //! - [`db::DbActor`] (actor on a `SyncArbiter`, one SQLite connection per thread): users and
 //!   passwords, ACL rules, retained messages, the client connect/disconnect record; one more
 //!   single-thread `DbActor` is the journal's writer. The only place that blocks.
+//! - [`http`] (optional, `[http]`): an actix-web server for operations, `GET /metrics`
+//!   (Prometheus) and `GET /healthz`; it asks the Registry for its gauges once per scrape.
 //!
 //! # Messages
 //!
@@ -38,10 +41,13 @@
 //!   [`message::Delivery`] items through the session's bounded `tokio::sync::mpsc` queue.
 //! - Broker -> Listener: `StopAccepting`; Broker -> Registry: `Shutdown`, `Flush`; Broker ->
 //!   DbActor: `LoadRetained`, `LoadState`, `CloseOpenConnections`, `Checkpoint`.
+//! - HTTP -> Registry: `Gauges` (`/metrics`), `ActiveClients` (`/healthz`); HTTP -> DbActor:
+//!   `Ping` (`/healthz`).
 //!
 //! # Life of a connection
 //!
-//! accept (Listener) -> [TLS handshake, on the Arbiter] -> Session started on an Arbiter ->
+//! accept (Listener) -> [TLS handshake, on the Arbiter] -> [WebSocket upgrade] -> Session
+//! started on an Arbiter ->
 //! CONNECT decoded -> validated -> `Authenticate` (skipped for a certificate identity) ->
 //! `LoadAcl` -> `Register` -> `RecordConnect` -> CONNACK -> packets ... -> DISCONNECT,
 //! keep-alive timeout, take-over or shutdown -> Will -> `Unregister` + `RecordDisconnect`.
@@ -69,6 +75,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod http;
 pub mod listener;
 pub mod message;
 pub mod messages;
@@ -78,6 +85,7 @@ pub mod registry;
 pub mod session;
 pub mod stats;
 pub mod tls;
+pub mod websocket;
 
 pub use broker::{Broker, start};
 pub use config::Config;

@@ -1,6 +1,6 @@
 //! The Listener actor: accepts TCP connections and starts one Session actor per socket, spread
-//! round-robin over the session Arbiters (one thread each). On a TLS listener the handshake
-//! runs on the session's Arbiter too, so a slow one never holds up accepting.
+//! round-robin over the session Arbiters (one thread each). On a TLS or WebSocket listener the
+//! handshakes run on the session's Arbiter too, so a slow one never holds up accepting.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,7 +16,8 @@ use crate::admission::ConnectionSlot;
 use crate::broker::Shared;
 use crate::messages::StopAccepting;
 use crate::session::{BoxedRead, BoxedWrite, Session};
-use crate::tls::TlsAcceptor;
+use crate::tls::{self, TlsAcceptor};
+use crate::websocket::{self, WebSocketAcceptor};
 
 /// Pause after a failed accept (EMFILE, ENFILE, ENOBUFS...): retrying at once would spin, and
 /// the condition usually clears when connections close.
@@ -30,6 +31,17 @@ pub struct Listener {
     conn_ids: Arc<AtomicU64>,
     /// Set on a TLS listener.
     tls: Option<Arc<TlsAcceptor>>,
+    /// Set on a WebSocket listener (after TLS on a wss one).
+    websocket: Option<Arc<WebSocketAcceptor>>,
+}
+
+/// Why a connection ended before it became a session.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error(transparent)]
+    Tls(#[from] tls::HandshakeError),
+    #[error(transparent)]
+    WebSocket(#[from] websocket::UpgradeError),
 }
 
 impl Listener {
@@ -40,6 +52,7 @@ impl Listener {
         arbiters: Arc<[ArbiterHandle]>,
         conn_ids: Arc<AtomicU64>,
         tls: Option<Arc<TlsAcceptor>>,
+        websocket: Option<Arc<WebSocketAcceptor>>,
     ) -> Addr<Listener> {
         Listener::create(move |ctx| {
             // Unlike `while let Ok(..) = accept()`, an accept error is yielded as an item and
@@ -57,6 +70,7 @@ impl Listener {
                 next_arbiter: 0,
                 conn_ids,
                 tls,
+                websocket,
             }
         })
     }
@@ -80,6 +94,7 @@ impl Listener {
         self.next_arbiter = self.next_arbiter.wrapping_add(1);
         let shared = self.shared.clone();
         let tls = self.tls.clone();
+        let websocket = self.websocket.clone();
         let started = arbiter.spawn(async move {
             let stream = match TcpStream::from_std(std_stream) {
                 Ok(stream) => stream,
@@ -88,22 +103,15 @@ impl Listener {
                     return;
                 }
             };
-            let (reader, writer, cert_username): (BoxedRead, BoxedWrite, _) = match tls {
-                None => {
-                    let (r, w) = stream.into_split();
-                    (Box::new(r), Box::new(w), None)
+            // The slot is held through the handshakes, which the connect timeout bounds.
+            let timeout = shared.config.connect_timeout();
+            let opened = handshake(stream, tls.as_deref(), websocket.as_deref(), timeout).await;
+            let (reader, writer, cert_username) = match opened {
+                Ok(opened) => opened,
+                Err(e) => {
+                    info!("{peer}: {e}");
+                    return;
                 }
-                // The slot is held through the handshake, which the connect timeout bounds.
-                Some(tls) => match tls.accept(stream, shared.config.connect_timeout()).await {
-                    Ok((stream, cert_username)) => {
-                        let (r, w) = tokio::io::split(stream);
-                        (Box::new(r), Box::new(w), cert_username)
-                    }
-                    Err(e) => {
-                        info!("{peer}: {e}");
-                        return;
-                    }
-                },
             };
             Session::new(reader, writer, peer, conn_id, slot, shared, cert_username).start();
         });
@@ -112,6 +120,40 @@ impl Listener {
         }
         Ok(())
     }
+}
+
+/// Runs the listener's handshakes, TLS then the WebSocket upgrade, together within `timeout`.
+/// Returns the two halves of the MQTT byte stream and the client certificate's username.
+async fn handshake(
+    stream: TcpStream,
+    tls: Option<&TlsAcceptor>,
+    websocket: Option<&WebSocketAcceptor>,
+    timeout: Duration,
+) -> Result<(BoxedRead, BoxedWrite, Option<String>), HandshakeError> {
+    let started = tokio::time::Instant::now();
+    let remaining = || timeout.saturating_sub(started.elapsed());
+    Ok(match (tls, websocket) {
+        (None, None) => {
+            // Owned halves: no lock between reading and writing.
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w), None)
+        }
+        (None, Some(websocket)) => {
+            let (r, w) = websocket.accept(stream, timeout).await?;
+            (r, w, None)
+        }
+        (Some(tls), websocket) => {
+            let (stream, cert_username) = tls.accept(stream, timeout).await?;
+            let (r, w): (BoxedRead, BoxedWrite) = match websocket {
+                None => {
+                    let (r, w) = tokio::io::split(stream);
+                    (Box::new(r), Box::new(w))
+                }
+                Some(websocket) => websocket.accept(stream, remaining()).await?,
+            };
+            (r, w, cert_username)
+        }
+    })
 }
 
 impl Actor for Listener {

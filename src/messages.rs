@@ -184,6 +184,23 @@ pub struct Shutdown;
 #[rtype(result = "usize")]
 pub struct ActiveClients;
 
+/// HTTP `/metrics` -> Registry: the sizes of what the Registry holds, once per scrape.
+#[derive(Message, Debug)]
+#[rtype(result = "RegistryGauges")]
+pub struct Gauges;
+
+/// The answer to `Gauges`.
+#[derive(MessageResponse, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryGauges {
+    /// Clients connected and registered (past authentication).
+    pub clients: usize,
+    /// Subscriptions of every client, persistent sessions' included.
+    pub subscriptions: usize,
+    pub retained_messages: usize,
+    /// Persistent sessions, connected or not.
+    pub persistent_sessions: usize,
+}
+
 // ---- handled by DbActor (SyncArbiter, SQLite) ------------------------------------------------
 
 /// Session -> DbActor: check a username and password against the `users` table.
@@ -290,6 +307,11 @@ pub struct Commit {
 pub struct LoadState {
     pub now_ms: i64,
 }
+
+/// HTTP `/healthz` -> DbActor: run `SELECT 1`. Reply: whether the database answered.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct Ping;
 
 // ---- handled by Listener ---------------------------------------------------------------------
 

@@ -32,11 +32,90 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// How many counters there are (the length of [`Counters::all`]).
+    pub const LEN: usize = 11;
+
     pub fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Every counter with its metric name (`mqttd_<name>_total` on `/metrics`) and help text,
+    /// read now. The destructuring names every field, so a new counter does not compile until
+    /// it is listed here too.
+    pub fn all(&self) -> [(&'static str, &'static str, u64); Self::LEN] {
+        let Counters {
+            dropped_qos0,
+            dropped_queue_full,
+            dropped_too_large,
+            dropped_expired,
+            retained_refused,
+            dropped_session_full,
+            sessions_expired,
+            commits,
+            commits_failed,
+            messages_received,
+            messages_sent,
+        } = self;
+        [
+            (
+                "messages_received",
+                "PUBLISH packets received from clients",
+                Self::get(messages_received),
+            ),
+            (
+                "messages_sent",
+                "PUBLISH packets sent to clients",
+                Self::get(messages_sent),
+            ),
+            (
+                "dropped_qos0",
+                "QoS 0 deliveries dropped because the subscriber's queue was full",
+                Self::get(dropped_qos0),
+            ),
+            (
+                "dropped_queue_full",
+                "QoS 1/2 deliveries dropped because the subscriber's queue was full",
+                Self::get(dropped_queue_full),
+            ),
+            (
+                "dropped_too_large",
+                "Deliveries larger than the subscriber's Maximum Packet Size",
+                Self::get(dropped_too_large),
+            ),
+            (
+                "dropped_expired",
+                "Messages whose Message Expiry Interval ran out before delivery",
+                Self::get(dropped_expired),
+            ),
+            (
+                "dropped_session_full",
+                "QoS 1/2 messages dropped for a full offline persistent session",
+                Self::get(dropped_session_full),
+            ),
+            (
+                "retained_refused",
+                "Retained messages for new topics refused over max_retained_messages",
+                Self::get(retained_refused),
+            ),
+            (
+                "sessions_expired",
+                "Persistent sessions that expired",
+                Self::get(sessions_expired),
+            ),
+            (
+                "commits",
+                "Group commits of persistent-session state",
+                Self::get(commits),
+            ),
+            (
+                "commits_failed",
+                "Group commits of persistent-session state that failed",
+                Self::get(commits_failed),
+            ),
+        ]
     }
 }

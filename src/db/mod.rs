@@ -299,6 +299,15 @@ impl Handler<Checkpoint> for DbActor {
     }
 }
 
+impl Handler<crate::messages::Ping> for DbActor {
+    type Result = Result<(), DbError>;
+
+    fn handle(&mut self, _: crate::messages::Ping, _: &mut Self::Context) -> Self::Result {
+        diesel::sql_query("SELECT 1").execute(&mut self.conn)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -986,3 +986,16 @@ impl Handler<ActiveClients> for Registry {
         self.clients.len()
     }
 }
+
+impl Handler<crate::messages::Gauges> for Registry {
+    type Result = crate::messages::RegistryGauges;
+
+    fn handle(&mut self, _: crate::messages::Gauges, _: &mut Context<Self>) -> Self::Result {
+        crate::messages::RegistryGauges {
+            clients: self.clients.len(),
+            subscriptions: self.subscriptions.len(),
+            retained_messages: self.retained.len(),
+            persistent_sessions: self.kept.len(),
+        }
+    }
+}

@@ -250,7 +250,7 @@ async fn open_with_small_receive_buffer(addr: SocketAddr) -> Client {
 }
 
 /// Polls the database until `client_id`'s disconnect is recorded; returns its reason.
-async fn wait_for_disconnect_reason(broker: &TestBroker, client_id: &str) -> String {
+pub(crate) async fn wait_for_disconnect_reason(broker: &TestBroker, client_id: &str) -> String {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let record = mqttd::db::queries::get_client(&mut broker.db(), client_id).unwrap();

@@ -272,7 +272,7 @@ async fn rumqttc_v5_and_v311_clients_exchange_messages_both_ways_at_qos_0_1_2() 
 
 /// Whether Python's paho-mqtt 2.x is installed (.ci/run installs it; skipped with a notice
 /// elsewhere unless MQTTD_REQUIRE_INTEROP is set).
-fn paho_available() -> bool {
+pub(crate) fn paho_available() -> bool {
     let found = Command::new("python3")
         .args([
             "-c",

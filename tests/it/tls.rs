@@ -31,21 +31,21 @@ use crate::common::*;
 use crate::interop::mosquitto_pub_available;
 
 /// A CA and the PEM files of the certificates it issues, in a temp dir.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
-    ca: CertificateDer<'static>,
+    pub(crate) ca: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
 }
 
 /// A certificate and its key.
-struct Leaf {
+pub(crate) struct Leaf {
     cert: CertificateDer<'static>,
     pem: String,
     key: KeyPair,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let mut params = CertificateParams::new(Vec::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -86,7 +86,7 @@ impl Pki {
         self.issue(params, serial)
     }
 
-    fn client(&self, cn: &str, serial: u64) -> Leaf {
+    pub(crate) fn client(&self, cn: &str, serial: u64) -> Leaf {
         let mut params = CertificateParams::new(Vec::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -106,7 +106,7 @@ impl Pki {
 
     /// A server certificate (serial 1) written as `server.pem`/`server.key`, no client
     /// certificates asked for.
-    fn server_tls(&self) -> TlsConfig {
+    pub(crate) fn server_tls(&self) -> TlsConfig {
         let (cert, key) = self.write("server", &self.server(1));
         TlsConfig {
             cert,
@@ -118,7 +118,7 @@ impl Pki {
     }
 
     /// As `server_tls`, and clients must present a certificate from this CA.
-    fn mtls(&self, identity_as_username: Option<CertIdentity>) -> TlsConfig {
+    pub(crate) fn mtls(&self, identity_as_username: Option<CertIdentity>) -> TlsConfig {
         TlsConfig {
             client_ca: Some(self.path("ca.pem")),
             identity_as_username,
@@ -130,14 +130,17 @@ impl Pki {
 fn tls_listener(tls: TlsConfig) -> impl FnOnce(&mut Config) {
     move |c| {
         c.listeners = vec![ListenerConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
             tls: Some(tls),
+            ..ListenerConfig::tcp("127.0.0.1:0".parse().unwrap())
         }]
     }
 }
 
 /// A client configuration trusting `ca`, presenting `identity` if given.
-fn client_config(ca: &CertificateDer<'static>, identity: Option<&Leaf>) -> Arc<ClientConfig> {
+pub(crate) fn client_config(
+    ca: &CertificateDer<'static>,
+    identity: Option<&Leaf>,
+) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
     let builder =

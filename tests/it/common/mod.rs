@@ -22,7 +22,12 @@ use tokio_util::codec::Framed;
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct TestBroker {
+    /// The first listener's address.
     pub addr: SocketAddr,
+    /// Every listener's address, in configuration order.
+    pub addrs: Vec<SocketAddr>,
+    /// The `[http]` server's address, when the test configured one.
+    pub http_addr: Option<SocketAddr>,
     pub db_path: PathBuf,
     /// The broker's drop counters.
     pub counters: Arc<Counters>,
@@ -72,18 +77,24 @@ pub fn start_broker_on(db_path: PathBuf, adjust: impl FnOnce(&mut Config)) -> Te
                 }
             };
             addr_tx
-                .send(Ok((broker.local_addrs[0], broker.counters.clone())))
+                .send(Ok((
+                    broker.local_addrs.clone(),
+                    broker.http_addr,
+                    broker.counters.clone(),
+                )))
                 .unwrap();
             let _ = stop_rx.await;
             broker.shutdown().await;
         });
     });
-    let (addr, counters) = addr_rx
+    let (addrs, http_addr, counters) = addr_rx
         .recv()
         .expect("broker thread")
         .expect("broker start");
     TestBroker {
-        addr,
+        addr: addrs[0],
+        addrs,
+        http_addr,
         db_path,
         counters,
         stop: Some(stop_tx),
