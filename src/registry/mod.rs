@@ -14,6 +14,10 @@
 //! one stuck client cannot stall the others. The backlog holds at most `max_queued_messages`
 //! deliveries that hold no acknowledgement (QoS 0, or for a stuck subscriber); those that do
 //! are bounded by their publishers' Receive Maximum.
+//!
+//! Persistent sessions (see `kept`) outlive their connections here: their subscriptions stay
+//! in the trie, their QoS 1/2 messages are numbered, journalled and tracked until acknowledged,
+//! and every acknowledgement that promises durable state waits for the journal's commit.
 
 mod kept;
 pub mod retained;
