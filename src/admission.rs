@@ -2,9 +2,11 @@
 //!
 //! Checked in the Listener right after accept (connection caps, global and per source IP, and
 //! the per-IP connection rate), and by the Session before a password is hashed (bans after
-//! repeated authentication failures), so that brute force costs the broker little.
+//! repeated authentication failures, per address and per username, and flapping bans per
+//! client id), so that brute force and reconnect storms cost the broker little.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -118,6 +120,121 @@ impl SourceMap {
     }
 }
 
+/// Most keys one [`Strikes`] remembers. An entry is about 64 bytes whatever the key's length
+/// (keys are stored hashed), so a full map is a few MB.
+const MAX_STRIKE_KEYS: usize = 100_000;
+
+/// Events counted for one key within `FAILURE_WINDOW`, and its ban.
+#[derive(Debug, Clone, Copy)]
+struct Strike {
+    window_start: Instant,
+    count: u32,
+    banned_until: Option<Instant>,
+}
+
+impl Strike {
+    fn is_idle(&self, now: Instant) -> bool {
+        self.banned_until.is_none_or(|until| until <= now)
+            && now.duration_since(self.window_start) >= FAILURE_WINDOW
+    }
+}
+
+#[derive(Debug, Default)]
+struct StrikeMap {
+    /// By the key's hash: a client id or username may be 64 KiB long, its hash is 8 bytes.
+    /// The hasher is keyed at random per process, so a client cannot pick keys that collide.
+    strikes: HashMap<u64, Strike>,
+    /// Size at which idle entries are swept out (doubles with the live entries).
+    sweep_at: usize,
+    /// The last sweep that found the map full of live entries: the next waits a second, so a
+    /// flood of new keys does not make every insert walk the whole map.
+    full_since: Option<Instant>,
+}
+
+/// Events per key (a username, a client id) within a minute, and temporary bans for keys with
+/// too many: failed logins per username (`max_auth_failures_per_user`) and accepted
+/// connections per client id (`max_connects_per_client_id_per_minute`, flapping).
+///
+/// Memory is bounded: idle keys (window over, no ban) are swept out, and at most
+/// `MAX_STRIKE_KEYS` are remembered. When that many are live at once, new keys go uncounted
+/// until some fall idle: filling the map takes 100,000 distinct failed logins (or accepted
+/// connections) within a minute, which the per-address limits make expensive.
+#[derive(Debug, Default)]
+pub struct Strikes {
+    map: Mutex<StrikeMap>,
+    hasher: RandomState,
+}
+
+impl Strikes {
+    fn lock(&self) -> MutexGuard<'_, StrikeMap> {
+        // As for `Sources`: every update is a few integer writes, so a poisoned lock is usable.
+        self.map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether `key` is banned now.
+    pub fn is_banned(&self, key: &str) -> bool {
+        let hash = self.hasher.hash_one(key);
+        let now = Instant::now();
+        self.lock()
+            .strikes
+            .get(&hash)
+            .and_then(|s| s.banned_until)
+            .is_some_and(|until| until > now)
+    }
+
+    /// Counts one event for `key`; the `max`-th within a minute bans the key for `ban`
+    /// (`max` 0: nothing is counted).
+    pub fn strike(&self, key: &str, max: u32, ban: Duration) {
+        if max == 0 {
+            return;
+        }
+        let hash = self.hasher.hash_one(key);
+        let now = Instant::now();
+        let mut map = self.lock();
+        let Some(strike) = map.entry(hash, now) else {
+            return;
+        };
+        if now.duration_since(strike.window_start) >= FAILURE_WINDOW {
+            strike.window_start = now;
+            strike.count = 0;
+        }
+        strike.count += 1;
+        if strike.count >= max {
+            strike.banned_until = Some(now + ban);
+            strike.count = 0;
+        }
+    }
+}
+
+impl StrikeMap {
+    /// The entry for `hash`, created if there is room; a new entry may first sweep out idle
+    /// ones. `None`: the map is full of live entries.
+    fn entry(&mut self, hash: u64, now: Instant) -> Option<&mut Strike> {
+        if !self.strikes.contains_key(&hash) {
+            let full = self.strikes.len() >= MAX_STRIKE_KEYS;
+            let sweep = self.strikes.len() >= self.sweep_at.clamp(MIN_SWEEP, MAX_STRIKE_KEYS);
+            let swept_recently = self
+                .full_since
+                .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1));
+            if sweep && !(full && swept_recently) {
+                self.strikes.retain(|_, s| !s.is_idle(now));
+                self.sweep_at = self.strikes.len() * 2;
+                self.full_since = (self.strikes.len() >= MAX_STRIKE_KEYS).then_some(now);
+            }
+            if self.strikes.len() >= MAX_STRIKE_KEYS {
+                return None;
+            }
+        }
+        Some(self.strikes.entry(hash).or_insert(Strike {
+            window_start: now,
+            count: 0,
+            banned_until: None,
+        }))
+    }
+}
+
 /// Counts one connection against the caps for as long as it lives.
 pub struct ConnectionSlot {
     shared: Arc<Shared>,
@@ -223,6 +340,53 @@ mod tests {
         }
         assert!(!sources.is_banned(IP));
         assert!(sources.lock().sources.is_empty());
+    }
+
+    #[test]
+    fn strikes_ban_a_key_at_the_limit_and_only_that_key() {
+        let strikes = Strikes::default();
+        let ban = Duration::from_secs(60);
+        for _ in 0..2 {
+            strikes.strike("alice", 3, ban);
+        }
+        assert!(!strikes.is_banned("alice"));
+        strikes.strike("alice", 3, ban);
+        assert!(strikes.is_banned("alice"));
+        assert!(!strikes.is_banned("bob"));
+        // Off: nothing is counted or remembered.
+        for _ in 0..100 {
+            strikes.strike("carol", 0, ban);
+        }
+        assert!(!strikes.is_banned("carol"));
+        assert_eq!(strikes.lock().strikes.len(), 1);
+        // A zero-length ban is over at once.
+        strikes.strike("dave", 1, Duration::ZERO);
+        assert!(!strikes.is_banned("dave"));
+    }
+
+    #[test]
+    fn strikes_stay_bounded_and_idle_keys_are_swept() {
+        let mut map = StrikeMap::default();
+        let then = Instant::now();
+        for key in 0..MAX_STRIKE_KEYS as u64 {
+            assert!(map.entry(key, then).is_some());
+        }
+        // Full of live entries: a new key is not remembered, an old one still is.
+        assert!(map.entry(u64::MAX, then).is_none());
+        assert!(map.entry(0, then).is_some());
+        assert_eq!(map.strikes.len(), MAX_STRIKE_KEYS);
+        // A window later they are idle and make room (after the pause between full sweeps).
+        let later = then + FAILURE_WINDOW + Duration::from_secs(1);
+        assert!(map.entry(u64::MAX, later).is_some());
+        assert_eq!(map.strikes.len(), 1);
+        // A banned key outlives its window.
+        map.entry(7, later).unwrap().banned_until = Some(later + Duration::from_secs(600));
+        let much_later = later + FAILURE_WINDOW * 2;
+        for key in 0..MIN_SWEEP as u64 * 2 {
+            map.entry(1_000_000 + key, much_later);
+        }
+        assert!(map.strikes.contains_key(&7));
+        assert!(!map.strikes.contains_key(&u64::MAX));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use actix::prelude::*;
 use log::{debug, info, warn};
 use tokio::net::TcpListener;
 
-use crate::admission::Sources;
+use crate::admission::{Sources, Strikes};
 use crate::clock::unix_millis;
 use crate::config::Config;
 use crate::db::{self, DbActor};
@@ -37,6 +37,11 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Per-source-address connection counts, rates and authentication bans.
     pub sources: Sources,
+    /// Failed logins per username (`max_auth_failures_per_user`) and their bans.
+    pub user_failures: Strikes,
+    /// Accepted connections per client id (`max_connects_per_client_id_per_minute`) and
+    /// flapping bans.
+    pub flapping: Strikes,
     pub counters: Arc<Counters>,
 }
 
@@ -86,6 +91,7 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         max_queued_bytes: config.limits.max_queued_bytes,
         max_retained_messages: config.limits.max_retained_messages,
         sys_interval: (config.sys_interval > 0).then(|| Duration::from_secs(config.sys_interval)),
+        client_id_binding: config.client_id_binding,
     };
     let writer = db::start_writer(&db_path, config.durability);
     let registry = Registry::new(retained, stored, counters.clone(), writer, settings).start();
@@ -95,6 +101,8 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         db: db.clone(),
         connections: AtomicUsize::new(0),
         sources: Sources::default(),
+        user_failures: Strikes::default(),
+        flapping: Strikes::default(),
         counters: counters.clone(),
         config,
     });

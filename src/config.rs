@@ -27,6 +27,11 @@ pub struct Config {
     pub acl_default: AclDefault,
     /// Sent as Response Information in CONNACK to clients that ask for it (§3.1.2.11.6).
     pub response_information: Option<String>,
+    /// Binds a client identifier to the user that holds it (§5.4.2): while a connection or a
+    /// stored persistent session authenticated as one user holds an id, a connection as
+    /// another user (or anonymous) gets CONNACK 0x87 instead of taking it over. Ids held by
+    /// anonymous clients are not bound.
+    pub client_id_binding: bool,
     /// Seconds between `$SYS/broker/...` updates (retained, Mosquitto's names); 0 = none.
     pub sys_interval: u64,
     /// Threads (actix Arbiters) that run client sessions; 0 = one per available core.
@@ -115,13 +120,42 @@ pub enum CertIdentity {
     San,
 }
 
-/// The `[http]` table: a plain-HTTP server for operations, `GET /metrics` (Prometheus) and
-/// `GET /healthz`. It has no authentication: bind it to loopback or a management network.
-#[derive(Debug, Clone, Deserialize)]
+/// The `[http]` table: a plain-HTTP server for operations: `GET /metrics` (Prometheus),
+/// `GET /healthz`, a status page on `/`, and the admin API under `/api/v1/`. Plain HTTP: bind
+/// it to loopback or a management network.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// `ADDR:PORT`; port 0 picks a free port.
     pub bind: SocketAddr,
+    /// The bearer token the admin API (`/api/v1/...`) requires (`Authorization: Bearer ...`).
+    /// Unset: the API answers without one only when `bind` is a loopback address, and is
+    /// refused (403) otherwise. `/metrics`, `/healthz` and `/` never need it.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for HttpConfig {
+    // Never log the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("bind", &self.bind)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl HttpConfig {
+    /// No admin token.
+    pub fn new(bind: SocketAddr) -> HttpConfig {
+        HttpConfig {
+            bind,
+            admin_token: None,
+        }
+    }
 }
 
 /// The `[limits]` table.
@@ -173,6 +207,16 @@ pub struct Limits {
     pub max_auth_failures_per_ip: u32,
     /// Seconds a banned address is refused (CONNACK 0x8A before any password is checked).
     pub auth_ban: u64,
+    /// Failed logins for one username (from any address) within a minute that get it banned
+    /// for `auth_ban` seconds: its logins then get CONNACK 0x8A before the password is
+    /// checked; 0 = never.
+    pub max_auth_failures_per_user: u32,
+    /// Accepted connections of one client identifier within a minute after which further
+    /// CONNECTs with it get CONNACK 0x8A for `flapping_ban` seconds (flapping detection);
+    /// 0 = never. The connection that holds the id is not touched.
+    pub max_connects_per_client_id_per_minute: u32,
+    /// Seconds a flapping client identifier is refused.
+    pub flapping_ban: u64,
     /// Longest Session Expiry Interval granted, in seconds; a client asking for more is told
     /// this value in CONNACK. A 3.1.1 client with Clean Session 0 gets exactly this. 4294967295
     /// means sessions may never expire.
@@ -190,6 +234,7 @@ impl Default for Config {
             allow_anonymous: None,
             acl_default: AclDefault::Allow,
             response_information: None,
+            client_id_binding: true,
             sys_interval: 10,
             workers: 0,
             db_threads: 2,
@@ -222,6 +267,9 @@ impl Default for Limits {
             max_connection_rate_per_ip: 0,
             max_auth_failures_per_ip: 10,
             auth_ban: 300,
+            max_auth_failures_per_user: 10,
+            max_connects_per_client_id_per_minute: 15,
+            flapping_ban: 300,
             max_session_expiry: 86_400,
             max_queued_bytes: 64 * 1024 * 1024,
         }
@@ -312,6 +360,11 @@ impl Config {
         {
             return invalid("http.bind", "is also an MQTT listener's address");
         }
+        if let Some(token) = self.http.as_ref().and_then(|h| h.admin_token.as_deref())
+            && token.trim().is_empty()
+        {
+            return invalid("http.admin_token", "is empty");
+        }
         for tls in self.listeners.iter().filter_map(|l| l.tls.as_ref()) {
             if tls.client_ca.is_none() {
                 if tls.crl.is_some() {
@@ -399,6 +452,12 @@ mod tests {
         assert!(listeners[0].tls.is_none());
         assert!(c.anonymous_allowed());
         assert_eq!(c.limits.max_packet_size, 1024 * 1024);
+        // The robustness policies are on by default (README, "Choices where the spec leaves
+        // room"), with EMQX's flapping numbers.
+        assert!(c.client_id_binding);
+        assert_eq!(c.limits.max_auth_failures_per_user, 10);
+        assert_eq!(c.limits.max_connects_per_client_id_per_minute, 15);
+        assert_eq!(c.limits.flapping_ban, 300);
         c.validate().unwrap();
     }
 
@@ -520,6 +579,19 @@ mod tests {
             c.validate(),
             Err(ConfigError::Invalid {
                 key: "http.bind",
+                ..
+            })
+        ));
+        let c: Config =
+            toml::from_str("[http]\nbind = \"0.0.0.0:9883\"\nadmin_token = \"s3cret\"\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.http.unwrap().admin_token.as_deref(), Some("s3cret"));
+        let c: Config =
+            toml::from_str("[http]\nbind = \"0.0.0.0:9883\"\nadmin_token = \" \"\n").unwrap();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "http.admin_token",
                 ..
             })
         ));

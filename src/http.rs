@@ -4,12 +4,19 @@
 //!   version 0.0.4 (encoded by `prometheus-client`).
 //! - `GET /healthz`: `200 ok` when the Registry and the database both answer within
 //!   [`HEALTH_TIMEOUT`], else `503` with one line per problem.
+//! - `GET /`: a small HTML status page with the same numbers as `/metrics`.
+//! - The admin API, JSON under `/api/v1/` (in the manner of EMQX's): `GET clients` and
+//!   `GET sessions` (pages of at most [`MAX_LIMIT`], `?offset=&limit=`), `GET clients/{id}`,
+//!   and `DELETE clients/{id}`, which closes that client's connection with DISCONNECT 0x98
+//!   (Administrative action). It needs `Authorization: Bearer <admin_token>` when a token is
+//!   configured, and without one it answers only on a loopback address (see [`Admin`]).
 //!
 //! It runs on one actix-web worker thread (an Arbiter of the broker's System), apart from the
 //! session Arbiters. The counters are atomics read in place; what only the Registry knows
 //! (clients, subscriptions, retained messages, persistent sessions) comes from one `Gauges`
 //! message per scrape, which the Registry answers at once from its own state: it never waits
-//! for HTTP, and a scrape waits for it at most [`REGISTRY_TIMEOUT`].
+//! for HTTP, and a scrape waits for it at most [`REGISTRY_TIMEOUT`]. The admin API asks it
+//! the same way; a listing costs the Registry O(clients), never a sort of them all.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,9 +25,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::MailboxError;
+use actix::dev::ToEnvelope;
+use actix::prelude::{Handler, Message};
 use actix_web::dev::ServerHandle;
-use actix_web::{App, HttpResponse, web};
-use log::{info, warn};
+use actix_web::http::{StatusCode, header};
+use actix_web::{App, HttpRequest, HttpResponse, web};
+use log::{debug, info, warn};
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -31,7 +41,11 @@ use tokio::net::TcpListener;
 use crate::broker::Shared;
 use crate::db::DbError;
 use crate::error::BrokerError;
-use crate::messages::{ActiveClients, Gauges, Ping, RegistryGauges};
+use crate::messages::{
+    ActiveClients, Gauges, GetClient, Kick, Kicked, ListClients, ListSessions, Page, Ping,
+    RegistryGauges,
+};
+use crate::registry::Registry;
 use crate::stats::Counters;
 
 /// How long `/healthz` waits for the Registry and the database (concurrently). A probe's own
@@ -43,6 +57,10 @@ pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Simultaneous HTTP connections: a few scrapers and probes, not a public service.
 const MAX_CONNECTIONS: usize = 64;
+
+/// Items per admin API page when `limit` is not given, and the most one page may ask for.
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 10_000;
 
 /// A running HTTP server.
 pub struct HttpServer {
@@ -62,6 +80,63 @@ impl HttpServer {
 struct State {
     shared: Arc<Shared>,
     started: Instant,
+    admin: Admin,
+}
+
+/// Who may use the admin API, which can disconnect clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admin {
+    /// Requests must carry `Authorization: Bearer <token>`.
+    Token(String),
+    /// No token, on a loopback address: whoever can reach it is trusted (as for `/metrics`).
+    Open,
+    /// No token, on an address other machines may reach: refused (403), so that turning on
+    /// `[http]` for Prometheus does not open the API to the network.
+    Closed,
+}
+
+impl Admin {
+    pub fn new(bind: SocketAddr, token: Option<&str>) -> Admin {
+        match token {
+            Some(token) => Admin::Token(token.to_owned()),
+            None if bind.ip().is_loopback() => Admin::Open,
+            None => Admin::Closed,
+        }
+    }
+
+    /// `Err`: why the request is refused.
+    fn check(&self, req: &HttpRequest) -> Result<(), Refusal> {
+        match self {
+            Admin::Open => Ok(()),
+            Admin::Closed => Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "the admin API needs [http] admin_token when the endpoint is not bound to a \
+                 loopback address",
+            )),
+            Admin::Token(token) => {
+                let given = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, credentials)| credentials.trim());
+                if given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
+                    Ok(())
+                } else {
+                    Err(Refusal::new(
+                        StatusCode::UNAUTHORIZED,
+                        "a valid bearer token is required",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Compares in time that depends only on the lengths, not on where the bytes differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// Binds `bind` (a failure is a start error, as for the MQTT listeners) and starts the server
@@ -75,13 +150,41 @@ pub async fn start(
     let listener = TcpListener::bind(bind).await.map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
     let listener = listener.into_std().map_err(bind_error)?;
-    let state = web::Data::new(State { shared, started });
+    let token = shared
+        .config
+        .http
+        .as_ref()
+        .and_then(|h| h.admin_token.as_deref());
+    let admin = Admin::new(local_addr, token);
+    if admin == Admin::Closed {
+        warn!(
+            "http on {local_addr}: the admin API is off (403): set [http] admin_token, or bind \
+             to a loopback address"
+        );
+    }
+    let state = web::Data::new(State {
+        shared,
+        started,
+        admin,
+    });
     let server = actix_web::HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             // A resource answers other methods with 405; `App::route` would give 404.
+            .service(web::resource("/").route(web::get().to(status_page)))
             .service(web::resource("/metrics").route(web::get().to(metrics)))
             .service(web::resource("/healthz").route(web::get().to(healthz)))
+            .service(
+                web::scope("/api/v1")
+                    .service(web::resource("/clients").route(web::get().to(list_clients)))
+                    .service(web::resource("/sessions").route(web::get().to(list_sessions)))
+                    // `.+`: a client identifier may contain `/`.
+                    .service(
+                        web::resource("/clients/{id:.+}")
+                            .route(web::get().to(get_client))
+                            .route(web::delete().to(kick_client)),
+                    ),
+            )
     })
     .workers(1)
     .max_connections(MAX_CONNECTIONS)
@@ -101,26 +204,31 @@ pub async fn start(
     Ok(HttpServer { local_addr, handle })
 }
 
-async fn metrics(state: web::Data<State>) -> HttpResponse {
+/// What `/metrics` and `/` report. `path` names the page in a warning.
+async fn snapshot(state: &State, path: &str) -> Snapshot {
     let shared = &state.shared;
     let registry = match tokio::time::timeout(REGISTRY_TIMEOUT, shared.registry.send(Gauges)).await
     {
         Ok(Ok(gauges)) => Some(gauges),
         Ok(Err(e)) => {
-            warn!("/metrics: registry unavailable: {e}");
+            warn!("{path}: registry unavailable: {e}");
             None
         }
         Err(_) => {
-            warn!("/metrics: registry did not answer within {REGISTRY_TIMEOUT:?}");
+            warn!("{path}: registry did not answer within {REGISTRY_TIMEOUT:?}");
             None
         }
     };
-    let snapshot = Snapshot {
+    Snapshot {
         counters: shared.counters.all(),
         connections: shared.connections.load(Ordering::Relaxed),
         registry,
         uptime: state.started.elapsed(),
-    };
+    }
+}
+
+async fn metrics(state: web::Data<State>) -> HttpResponse {
+    let snapshot = snapshot(&state, "/metrics").await;
     match render(&snapshot) {
         Ok(body) => HttpResponse::Ok()
             .content_type(prometheus_text::CONTENT_TYPE)
@@ -176,6 +284,265 @@ async fn check_health(
     } else {
         Err(problems.join("\n"))
     }
+}
+
+// ---- status page -----------------------------------------------------------------------------
+
+async fn status_page(state: web::Data<State>) -> HttpResponse {
+    let snapshot = snapshot(&state, "/").await;
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(render_status(&snapshot))
+}
+
+/// `1d 2h 3m 4s`, leading zero units left out.
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, minutes, seconds) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    let mut out = String::new();
+    for (value, unit) in [(days, "d"), (hours, "h"), (minutes, "m")] {
+        if value > 0 || !out.is_empty() {
+            out.push_str(&format!("{value}{unit} "));
+        }
+    }
+    out + &format!("{seconds}s")
+}
+
+/// Text for HTML; the page shows only numbers and fixed text, but help texts are not checked.
+fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The status page: a plain HTML table, no script, no external resources.
+fn render_status(s: &Snapshot) -> String {
+    let mut rows: Vec<(String, String, String)> = vec![
+        (
+            "uptime".into(),
+            format!("{} ({} s)", human_duration(s.uptime), s.uptime.as_secs()),
+            "Time since the broker started".into(),
+        ),
+        (
+            "connections".into(),
+            s.connections.to_string(),
+            "Open network connections over all listeners, CONNECT done or not".into(),
+        ),
+    ];
+    let registry = |value: fn(&RegistryGauges) -> usize| {
+        s.registry
+            .as_ref()
+            .map_or_else(|| "unavailable".to_string(), |g| value(g).to_string())
+    };
+    for (name, value, help) in [
+        (
+            "clients connected",
+            registry(|g| g.clients),
+            "Clients connected and registered",
+        ),
+        (
+            "subscriptions",
+            registry(|g| g.subscriptions),
+            "Subscriptions of all clients, offline persistent sessions included",
+        ),
+        (
+            "retained messages",
+            registry(|g| g.retained_messages),
+            "Topics with a retained message",
+        ),
+        (
+            "persistent sessions",
+            registry(|g| g.persistent_sessions),
+            "Persistent sessions, connected or not",
+        ),
+    ] {
+        rows.push((name.into(), value, help.into()));
+    }
+    for (name, help, value) in s.counters {
+        rows.push((name.replace('_', " "), value.to_string(), help.into()));
+    }
+    let mut html = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <title>mqttd {version}</title>\n<style>\n\
+         body {{ font-family: sans-serif; margin: 2em; }}\n\
+         td, th {{ padding: 0.2em 1em; text-align: left; }}\n\
+         td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}\n\
+         </style>\n</head>\n<body>\n<h1>mqttd {version}</h1>\n<table>\n",
+        version = escape_html(env!("CARGO_PKG_VERSION")),
+    );
+    for (name, value, help) in rows {
+        html.push_str(&format!(
+            "<tr><th>{}</th><td class=\"n\">{}</td><td>{}</td></tr>\n",
+            escape_html(&name),
+            escape_html(&value),
+            escape_html(&help)
+        ));
+    }
+    html.push_str(
+        "</table>\n<p>Also: <a href=\"/metrics\">/metrics</a> (Prometheus), \
+         <a href=\"/healthz\">/healthz</a>.</p>\n</body>\n</html>\n",
+    );
+    html
+}
+
+// ---- admin API -------------------------------------------------------------------------------
+
+/// `?offset=&limit=` of a listing.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+/// The page asked for: (offset, limit), or the 400 refusing it.
+fn page_bounds(req: &HttpRequest) -> Result<(usize, usize), Refusal> {
+    let query = web::Query::<PageQuery>::from_query(req.query_string())
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad query: {e}")))?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be 1 to {MAX_LIMIT}"),
+        ));
+    }
+    Ok((query.offset.unwrap_or(0), limit))
+}
+
+/// An admin API request that gets an error: answered `{"error": message}` with `status`.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(serde_json::json!({ "error": self.message }))
+    }
+}
+
+/// A listing: `{"data": [...], "meta": {"offset", "limit", "count"}}`, `count` being the
+/// number of items over all pages.
+fn listing<T: serde::Serialize>(page: Page<T>, offset: usize, limit: usize) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "data": page.items,
+        "meta": { "offset": offset, "limit": limit, "count": page.total },
+    }))
+}
+
+/// Asks the Registry, at most [`REGISTRY_TIMEOUT`]; `Err`: the 503 to answer.
+async fn ask<M>(state: &State, msg: M) -> Result<M::Result, Refusal>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+    Registry: Handler<M>,
+    <Registry as actix::Actor>::Context: ToEnvelope<Registry, M>,
+{
+    match tokio::time::timeout(REGISTRY_TIMEOUT, state.shared.registry.send(msg)).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(e)) => {
+            warn!("admin API: registry unavailable: {e}");
+            Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "registry unavailable",
+            ))
+        }
+        Err(_) => {
+            warn!("admin API: registry did not answer within {REGISTRY_TIMEOUT:?}");
+            Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "registry did not answer",
+            ))
+        }
+    }
+}
+
+/// Folds the `Result`s of a handler into one response.
+fn respond(result: Result<HttpResponse, Refusal>) -> HttpResponse {
+    result.unwrap_or_else(|refusal| refusal.response())
+}
+
+async fn list_clients(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    respond(
+        async {
+            state.admin.check(&req)?;
+            let (offset, limit) = page_bounds(&req)?;
+            let page = ask(&state, ListClients { offset, limit }).await?;
+            Ok(listing(page, offset, limit))
+        }
+        .await,
+    )
+}
+
+async fn list_sessions(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    respond(
+        async {
+            state.admin.check(&req)?;
+            let (offset, limit) = page_bounds(&req)?;
+            let page = ask(&state, ListSessions { offset, limit }).await?;
+            Ok(listing(page, offset, limit))
+        }
+        .await,
+    )
+}
+
+/// `id`: the `{id}` of the path, fully percent-decoded by `web::Path` (`%2F` included, which
+/// `match_info` leaves encoded).
+async fn get_client(
+    req: HttpRequest,
+    state: web::Data<State>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    respond(
+        async {
+            state.admin.check(&req)?;
+            let client_id = id.into_inner();
+            match ask(&state, GetClient { client_id }).await? {
+                Some(client) => Ok(HttpResponse::Ok().json(client)),
+                None => Err(Refusal::new(StatusCode::NOT_FOUND, "client not connected")),
+            }
+        }
+        .await,
+    )
+}
+
+/// Disconnects a client (DISCONNECT 0x98, for MQTT 5): `204` once its connection is closing,
+/// `202` if it does not answer within a second (it is stalled; it closes when it takes the
+/// message, or at its send timeout), `404` if it is not connected. A persistent session stays.
+async fn kick_client(
+    req: HttpRequest,
+    state: web::Data<State>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    respond(
+        async {
+            state.admin.check(&req)?;
+            let client_id = id.into_inner();
+            debug!("admin API: kick {client_id:?}");
+            match ask(&state, Kick { client_id }).await? {
+                Kicked::Closed => Ok(HttpResponse::NoContent().finish()),
+                Kicked::Pending => Ok(HttpResponse::Accepted().finish()),
+                Kicked::NotConnected => {
+                    Err(Refusal::new(StatusCode::NOT_FOUND, "client not connected"))
+                }
+            }
+        }
+        .await,
+    )
 }
 
 /// Everything one scrape reports.
@@ -302,6 +669,106 @@ mod tests {
         assert!(text.contains("mqttd_messages_received_total 2\n"));
         assert!(!text.contains("mqttd_clients_connected"));
         assert!(!text.contains("mqttd_persistent_sessions"));
+    }
+
+    #[test]
+    fn the_status_page_shows_every_number() {
+        let gauges = RegistryGauges {
+            clients: 2,
+            subscriptions: 5,
+            retained_messages: 7,
+            persistent_sessions: 1,
+        };
+        let html = render_status(&snapshot(Some(gauges)));
+        assert!(html.starts_with("<!DOCTYPE html>"));
+        assert!(html.contains(concat!("<h1>mqttd ", env!("CARGO_PKG_VERSION"), "</h1>")));
+        for row in [
+            "<tr><th>uptime</th><td class=\"n\">1m 1s (61 s)</td>",
+            "<tr><th>connections</th><td class=\"n\">3</td>",
+            "<tr><th>clients connected</th><td class=\"n\">2</td>",
+            "<tr><th>subscriptions</th><td class=\"n\">5</td>",
+            "<tr><th>retained messages</th><td class=\"n\">7</td>",
+            "<tr><th>persistent sessions</th><td class=\"n\">1</td>",
+            "<tr><th>messages received</th><td class=\"n\">2</td>",
+            "<tr><th>dropped qos0</th><td class=\"n\">0</td>",
+            "the subscriber's queue was full",
+        ] {
+            assert!(html.contains(row), "{row:?} not in\n{html}");
+        }
+        assert!(!html.contains("<script"));
+        let html = render_status(&snapshot(None));
+        assert!(html.contains("<tr><th>clients connected</th><td class=\"n\">unavailable</td>"));
+    }
+
+    #[test]
+    fn durations_read_like_uptime() {
+        let d = Duration::from_secs;
+        assert_eq!(human_duration(d(0)), "0s");
+        assert_eq!(human_duration(d(61)), "1m 1s");
+        assert_eq!(human_duration(d(3600)), "1h 0m 0s");
+        assert_eq!(human_duration(d(2 * 86_400 + 5)), "2d 0h 0m 5s");
+    }
+
+    fn request(authorization: Option<&str>) -> HttpRequest {
+        let mut req = actix_web::test::TestRequest::get().uri("/api/v1/clients");
+        if let Some(value) = authorization {
+            req = req.insert_header((header::AUTHORIZATION, value));
+        }
+        req.to_http_request()
+    }
+
+    #[test]
+    fn the_admin_api_needs_the_token_or_a_loopback_address() {
+        let loopback: SocketAddr = "127.0.0.1:9883".parse().unwrap();
+        let anywhere: SocketAddr = "0.0.0.0:9883".parse().unwrap();
+        assert_eq!(Admin::new(loopback, None), Admin::Open);
+        assert_eq!(Admin::new("[::1]:9883".parse().unwrap(), None), Admin::Open);
+        assert_eq!(Admin::new(anywhere, None), Admin::Closed);
+        assert!(Admin::Open.check(&request(None)).is_ok());
+        let refused = Admin::Closed.check(&request(Some("Bearer x"))).unwrap_err();
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+
+        let admin = Admin::new(loopback, Some("s3cret"));
+        assert_eq!(admin, Admin::Token("s3cret".into()));
+        assert!(admin.check(&request(Some("Bearer s3cret"))).is_ok());
+        assert!(admin.check(&request(Some("bearer  s3cret"))).is_ok());
+        for wrong in [
+            None,
+            Some("Bearer s3cre"),
+            Some("Bearer s3cret2"),
+            Some("Basic s3cret"),
+            Some("s3cret"),
+        ] {
+            let refused = admin.check(&request(wrong)).unwrap_err();
+            assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{wrong:?}");
+            let response = refused.response();
+            assert_eq!(
+                response.headers().get(header::WWW_AUTHENTICATE).unwrap(),
+                "Bearer"
+            );
+        }
+    }
+
+    #[test]
+    fn page_bounds_default_and_cap_the_limit() {
+        let bounds = |query: &str| {
+            let req = actix_web::test::TestRequest::get()
+                .uri(&format!("/api/v1/clients{query}"))
+                .to_http_request();
+            page_bounds(&req).map_err(|r| r.status)
+        };
+        assert_eq!(bounds(""), Ok((0, DEFAULT_LIMIT)));
+        assert_eq!(bounds("?offset=20&limit=5"), Ok((20, 5)));
+        assert_eq!(bounds("?limit=10000"), Ok((0, 10_000)));
+        for bad in [
+            "?limit=0",
+            "?limit=10001",
+            "?limit=-1",
+            "?offset=x",
+            "?page=2",
+        ] {
+            assert_eq!(bounds(bad), Err(StatusCode::BAD_REQUEST), "{bad}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -24,7 +24,9 @@
 //!   passwords, ACL rules, retained messages, the client connect/disconnect record; one more
 //!   single-thread `DbActor` is the journal's writer. The only place that blocks.
 //! - [`http`] (optional, `[http]`): an actix-web server for operations, `GET /metrics`
-//!   (Prometheus) and `GET /healthz`; it asks the Registry for its gauges once per scrape.
+//!   (Prometheus), `GET /healthz`, a status page on `/`, and the admin API under `/api/v1/`
+//!   (clients, sessions, kick); it asks the Registry for its gauges once per scrape, and for a
+//!   page of clients or sessions per API call.
 //!
 //! # Messages
 //!
@@ -32,23 +34,26 @@
 //!
 //! - Session -> DbActor: `Authenticate` and `LoadAcl` (CONNECT), `RecordConnect` (before
 //!   CONNACK), `StoreRetained` (a RETAIN publish, before its PUBACK), `RecordDisconnect`.
-//! - Session -> Registry: `Register` (after authentication; may close an older connection with
-//!   the same id; resumes a stored session), `Subscribe`, `Unsubscribe`, `Publish`,
+//! - Session -> Registry: `Register` (after authentication; refused if the id is bound to
+//!   another user; may close an older connection with the same id; resumes a stored
+//!   session), `Subscribe`, `Unsubscribe`, `Publish`,
 //!   `Acknowledged` (a persistent session's outbound PUBACK/PUBREC/PUBCOMP, inbound PUBREL),
 //!   `Unregister`.
 //! - Registry -> DbActor (writer): `Commit` (one batch of [`persist::StoreOp`]s).
-//! - Registry -> Session: `Close` (DISCONNECT 0x8E on take-over, 0x8B on shutdown), and
+//! - Registry -> Session: `Close` (DISCONNECT 0x8E on take-over, 0x8B on shutdown, 0x98 on
+//!   an admin kick), and
 //!   [`message::Delivery`] items through the session's bounded `tokio::sync::mpsc` queue.
 //! - Broker -> Listener: `StopAccepting`; Broker -> Registry: `Shutdown`, `Flush`; Broker ->
 //!   DbActor: `LoadRetained`, `LoadState`, `CloseOpenConnections`, `Checkpoint`.
-//! - HTTP -> Registry: `Gauges` (`/metrics`), `ActiveClients` (`/healthz`); HTTP -> DbActor:
-//!   `Ping` (`/healthz`).
+//! - HTTP -> Registry: `Gauges` (`/metrics`, `/`), `ActiveClients` (`/healthz`), `ListClients`,
+//!   `GetClient`, `ListSessions`, `Kick` (admin API); HTTP -> DbActor: `Ping` (`/healthz`).
 //!
 //! # Life of a connection
 //!
 //! accept (Listener) -> [TLS handshake, on the Arbiter] -> [WebSocket upgrade] -> Session
 //! started on an Arbiter ->
-//! CONNECT decoded -> validated -> `Authenticate` (skipped for a certificate identity) ->
+//! CONNECT decoded -> validated -> bans (address, username, flapping client id; before any
+//! password is hashed) -> `Authenticate` (skipped for a certificate identity) ->
 //! `LoadAcl` -> `Register` -> `RecordConnect` -> CONNACK -> packets ... -> DISCONNECT,
 //! keep-alive timeout, take-over or shutdown -> Will -> `Unregister` + `RecordDisconnect`.
 //!

@@ -7,8 +7,11 @@
 use actix::prelude::*;
 use bytes::Bytes;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::acl::AclRule;
@@ -22,7 +25,8 @@ use crate::session::Abort;
 // ---- handled by Session ----------------------------------------------------------------------
 
 /// Registry -> Session: close this connection with a server DISCONNECT carrying `reason`
-/// (0x8E when another connection took the client id over [MQTT-3.1.4-3], 0x8B on shutdown).
+/// (0x8E when another connection took the client id over [MQTT-3.1.4-3], 0x8B on shutdown,
+/// 0x98 when kicked through the admin API).
 /// Reply: once the DISCONNECT is queued and the socket is closing.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
@@ -32,7 +36,8 @@ pub struct Close {
 
 // ---- handled by Registry ---------------------------------------------------------------------
 
-/// Session -> Registry: this connection now owns `client_id`. An older connection with the same
+/// Session -> Registry: this connection now owns `client_id`, unless `client_id_binding`
+/// refuses it (the id is held by another user). An older connection with the same
 /// id is sent `Close { reason: SessionTakenOver }` first. A persistent session (Session Expiry
 /// Interval > 0) is resumed unless `clean_start` discards it [MQTT-3.1.2-4]. Reply: once the
 /// old connection's end is recorded, what the new connection resumes with.
@@ -51,6 +56,24 @@ pub struct Register {
     pub expiry_interval: u32,
     /// Stored with a persistent session, to be published after a crash.
     pub will: Option<StoredWill>,
+    /// What the admin API shows about this connection.
+    pub info: ConnectionInfo,
+}
+
+/// What a connection told at CONNECT, kept with its Registry entry for the admin API.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub username: Option<String>,
+    pub address: SocketAddr,
+    /// The CONNECT protocol level: 3 (3.1), 4 (3.1.1) or 5.
+    pub protocol_version: u8,
+    /// The keep-alive in force, seconds.
+    pub keep_alive: u16,
+    /// Milliseconds since the Unix epoch.
+    pub connected_at_ms: i64,
+    /// The connection's outbound QoS 1/2 messages awaiting acknowledgement; the session keeps
+    /// it up to date (a relaxed gauge, read only by the admin API).
+    pub inflight: Arc<AtomicUsize>,
 }
 
 /// The answer to `Register`.
@@ -67,6 +90,9 @@ pub struct Registered {
     /// Fires once the session's state is committed (persistent sessions only): CONNACK waits
     /// for it. `false`: the commit failed.
     pub committed: Option<oneshot::Receiver<bool>>,
+    /// Refused (`client_id_binding`): the id is held by another user. Nothing was changed;
+    /// the connection gets CONNACK 0x87.
+    pub bound_to_another_user: bool,
 }
 
 /// Session -> Registry: add or replace subscriptions (already validated and authorised), up to
@@ -199,6 +225,97 @@ pub struct RegistryGauges {
     pub retained_messages: usize,
     /// Persistent sessions, connected or not.
     pub persistent_sessions: usize,
+}
+
+/// HTTP admin API -> Registry: one page of the connected clients, ordered by client id.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Page<ClientSummary>")]
+pub struct ListClients {
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// HTTP admin API -> Registry: one connected client, if it is connected.
+#[derive(Message, Debug)]
+#[rtype(result = "Option<ClientSummary>")]
+pub struct GetClient {
+    pub client_id: String,
+}
+
+/// HTTP admin API -> Registry: one page of the persistent sessions (connected or not),
+/// ordered by client id.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Page<SessionSummary>")]
+pub struct ListSessions {
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// HTTP admin API -> Registry: close this client's connection with DISCONNECT 0x98
+/// (Administrative action); a persistent session stays. Reply: once it has closed, or when it
+/// does not answer within a second.
+#[derive(Message, Debug)]
+#[rtype(result = "Kicked")]
+pub struct Kick {
+    pub client_id: String,
+}
+
+/// The answer to `Kick`.
+#[derive(MessageResponse, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kicked {
+    NotConnected,
+    /// The DISCONNECT is queued and the connection closing.
+    Closed,
+    /// The session did not answer in time (paused on a client that does not read): it closes
+    /// once it takes the message, or at its send timeout.
+    Pending,
+}
+
+/// A bounded slice of a listing, and how many items there are in all.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<T> {
+    pub total: usize,
+    pub items: Vec<T>,
+}
+
+/// A connected client, as the admin API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClientSummary {
+    pub client_id: String,
+    pub username: Option<String>,
+    /// `IP:port` of the peer.
+    pub address: String,
+    /// The CONNECT protocol level: 3 (3.1), 4 (3.1.1) or 5.
+    pub protocol_version: u8,
+    /// Milliseconds since the Unix epoch.
+    pub connected_at_ms: i64,
+    /// Seconds, as granted.
+    pub keep_alive: u16,
+    /// The session outlives the connection (Session Expiry Interval > 0).
+    pub persistent: bool,
+    /// Seconds (0: the session ends with the connection).
+    pub session_expiry_interval: u32,
+    /// Outbound QoS 1/2 messages awaiting the client's acknowledgement.
+    pub inflight: usize,
+    pub subscriptions: usize,
+}
+
+/// A persistent session, as the admin API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub client_id: String,
+    pub connected: bool,
+    /// Seconds.
+    pub expiry_interval: u32,
+    /// When it expires (ms since the Unix epoch); `None` while connected, or never.
+    pub expires_at_ms: Option<i64>,
+    /// Stored QoS 1/2 messages the client has not acknowledged yet (in flight included).
+    pub queued_messages: usize,
+    /// Their payload bytes.
+    pub queued_bytes: usize,
+    /// Of those, sent on the current connection and awaiting acknowledgement (0 offline).
+    pub inflight: usize,
+    pub subscriptions: usize,
 }
 
 // ---- handled by DbActor (SyncArbiter, SQLite) ------------------------------------------------

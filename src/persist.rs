@@ -145,6 +145,9 @@ pub struct StoredSession {
     pub queue: Vec<(Arc<AppMessage>, StoredDelivery)>,
     /// Inbound QoS 2 packet ids awaiting PUBREL.
     pub inbound_qos2: Vec<u16>,
+    /// The username its last connection authenticated as (from the `clients` record), which
+    /// owns it under `client_id_binding`; `None`: anonymous, or not recorded.
+    pub username: Option<String>,
 }
 
 /// Everything read back at start-up.

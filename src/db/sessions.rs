@@ -24,7 +24,8 @@ use diesel::sqlite::Sqlite;
 use super::DbError;
 use super::queries::{decode_forwarded, encode_forwarded};
 use super::schema::{
-    broker_state, inbound_qos2, messages, session_messages, session_subscriptions, sessions,
+    broker_state, clients, inbound_qos2, messages, session_messages, session_subscriptions,
+    sessions,
 };
 use crate::message::AppMessage;
 use crate::mqtt::topic;
@@ -668,6 +669,8 @@ struct Rows {
     messages: Vec<MessageRow>,
     queue: Vec<QueuedRow>,
     inbound: Vec<(String, i32)>,
+    /// (client id, username) of the last connection recorded for each session's id.
+    owners: Vec<(String, Option<String>)>,
 }
 
 /// The persistent sessions at start-up, in client id order. Sessions that expired by `now_ms`
@@ -743,6 +746,12 @@ fn read_unexpired(conn: &mut SqliteConnection, now_ms: i64) -> QueryResult<Rows>
         inbound: inbound_qos2::table
             .order((inbound_qos2::client_id, inbound_qos2::packet_id))
             .load(conn)?,
+        // The connect record is written after the session is committed, by the connection
+        // that then holds it, so it names the session's owner (client_id_binding).
+        owners: clients::table
+            .filter(clients::client_id.eq_any(sessions::table.select(sessions::client_id)))
+            .select((clients::client_id, clients::username))
+            .load(conn)?,
     })
 }
 
@@ -800,6 +809,12 @@ fn decode_state(rows: Rows) -> Result<StoredState, DbError> {
         let packet_id = u16::try_from(packet_id)
             .map_err(|_| corrupt("inbound_qos2", &key, "packet id".to_owned()))?;
         sessions[i].inbound_qos2.push(packet_id);
+    }
+
+    for (client_id, username) in rows.owners {
+        if let Ok(i) = sessions.binary_search_by(|s| s.client_id.as_str().cmp(&client_id)) {
+            sessions[i].username = username;
+        }
     }
 
     Ok(StoredState {
@@ -864,6 +879,7 @@ fn decode_session(row: SessionRow) -> Result<StoredSession, DbError> {
         subscriptions: Vec::new(),
         queue: Vec::new(),
         inbound_qos2: Vec::new(),
+        username: None,
     })
 }
 
@@ -1640,6 +1656,41 @@ mod tests {
                 "{edit}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_session_comes_back_with_the_username_of_its_last_connect_record() {
+        use crate::db::models::NewClientRecord;
+        use crate::db::queries::record_connect;
+
+        let (_dir, mut conn) = test_db();
+        apply(
+            &mut conn,
+            &[open("mine", true, 60), open("anon", true, 60)],
+            1,
+        )
+        .unwrap();
+        for (client_id, username) in [
+            ("mine", Some("alice")),
+            ("anon", None),
+            ("no-session", Some("bob")),
+        ] {
+            let record = NewClientRecord {
+                client_id,
+                connection_id: 1,
+                username,
+                address: "127.0.0.1:1",
+                protocol_version: 5,
+                connected_at_ms: 1,
+            };
+            record_connect(&mut conn, &record).unwrap();
+        }
+        apply(&mut conn, &[open("unrecorded", true, 60)], 1).unwrap();
+        let state = load(&mut conn, 2).unwrap();
+        assert_eq!(state.sessions.len(), 3);
+        assert_eq!(session(&state, "mine").username.as_deref(), Some("alice"));
+        assert_eq!(session(&state, "anon").username, None);
+        assert_eq!(session(&state, "unrecorded").username, None);
     }
 
     #[test]

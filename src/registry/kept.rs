@@ -196,6 +196,9 @@ pub(super) struct Kept {
     pub(super) bytes: usize,
     /// Inbound QoS 2 packet ids awaiting PUBREL [MQTT-4.3.3-10].
     pub(super) inbound_qos2: HashSet<u16>,
+    /// The user whose connection last held it (`None`: anonymous, or not recorded before a
+    /// restart): its owner under `client_id_binding`.
+    pub(super) username: Option<String>,
 }
 
 impl Kept {
@@ -213,6 +216,7 @@ impl Kept {
         let mut kept = Kept::new(stored.expiry_interval);
         kept.expires_at_ms = stored.expires_at_ms;
         kept.inbound_qos2 = stored.inbound_qos2.iter().copied().collect();
+        kept.username = stored.username.clone();
         for (message, d) in &stored.queue {
             let delivery = Delivery {
                 message: message.clone(),

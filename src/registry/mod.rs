@@ -39,10 +39,14 @@ use crate::messages::{
     AckStep, Acknowledged, ActiveClients, Close, Commit, Flush, Publish, Register, Registered,
     Shutdown, StoreRetained, Subscribe, SubscribeOutcome, SubscribeReply, Unregister, Unsubscribe,
 };
+use crate::messages::{
+    ClientSummary, ConnectionInfo, GetClient, Kick, Kicked, ListClients, ListSessions, Page,
+    SessionSummary,
+};
 use crate::mqtt::{QoS, ReasonCode, RetainHandling, topic};
 use crate::persist::{StoreOp, StoredState, StoredWill, session_deadline};
 use crate::session::Abort;
-use crate::stats::Counters;
+use crate::stats::{Counters, SysLoad};
 use kept::{AckGroup, Deferred, Journal, Kept, Waiter};
 use retained::RetainedStore;
 use subscriptions::{Route, SubscriptionTree};
@@ -63,6 +67,8 @@ struct Entry {
     session: Recipient<Close>,
     deliveries: mpsc::Sender<Delivery>,
     abort: Arc<Abort>,
+    /// For the admin API.
+    info: ConnectionInfo,
     /// Deliveries waiting for room in `deliveries`, in order.
     backlog: VecDeque<Held>,
     /// A future is waiting for room in `deliveries` to move the backlog on.
@@ -77,12 +83,14 @@ impl Entry {
         session: Recipient<Close>,
         deliveries: mpsc::Sender<Delivery>,
         abort: Arc<Abort>,
+        info: ConnectionInfo,
     ) -> Entry {
         Entry {
             conn_id,
             session,
             deliveries,
             abort,
+            info,
             backlog: VecDeque::new(),
             draining: false,
             stuck: false,
@@ -107,6 +115,8 @@ pub struct Settings {
     pub max_retained_messages: usize,
     /// How often `$SYS` topics are published; `None` = never.
     pub sys_interval: Option<Duration>,
+    /// `client_id_binding`: an id held by a user is refused to others (see `owner_conflict`).
+    pub client_id_binding: bool,
 }
 
 /// Holds the active clients, their subscriptions and the retained messages.
@@ -124,6 +134,8 @@ pub struct Registry {
     routes: Vec<Route>,
     settings: Settings,
     started_at: std::time::Instant,
+    /// The `$SYS/broker/load/...` averages.
+    load: SysLoad,
     /// Replies owed to `Shutdown` callers, sent when the last client has unregistered.
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     shutting_down: bool,
@@ -221,6 +233,7 @@ impl Registry {
         if !kept.is_empty() {
             info!("{} persistent session(s) restored", kept.len());
         }
+        let load = SysLoad::new(&counters);
         Registry {
             clients: HashMap::new(),
             kept,
@@ -232,6 +245,7 @@ impl Registry {
             routes: Vec::new(),
             settings,
             started_at: std::time::Instant::now(),
+            load,
             shutdown_waiters: Vec::new(),
             shutting_down: false,
             due_wills: wills,
@@ -378,8 +392,11 @@ impl Registry {
     /// Publishes the broker's state under `$SYS/broker/` with Mosquitto's topic names, retained
     /// (in memory only: it is rebuilt at start), so a new subscriber gets it at once. Clients
     /// see it only where their ACL lets them receive it; `#` never matches it [MQTT-4.7.2-1].
+    /// The load averages (`load/messages/received/1min` ...) move at each call, as Mosquitto's
+    /// do at each `sys_interval` (see `stats::LoadAverage`); they are 0.00 at start.
     fn publish_sys(&mut self, ctx: &mut Context<Self>) {
         let c = &self.counters;
+        self.load.update(c);
         let values = [
             ("version", format!("mqttd {}", env!("CARGO_PKG_VERSION"))),
             (
@@ -394,7 +411,9 @@ impl Registry {
                 Counters::get(&c.messages_received).to_string(),
             ),
             ("messages/sent", Counters::get(&c.messages_sent).to_string()),
-        ];
+        ]
+        .map(|(name, value)| (name.to_string(), value));
+        let values: Vec<(String, String)> = values.into_iter().chain(self.load.values()).collect();
         for (name, value) in values {
             let topic: Arc<str> = format!("$SYS/broker/{name}").into();
             let message = Arc::new(AppMessage {
@@ -668,9 +687,11 @@ impl Registry {
             self.subscriptions.remove_client(&client);
         }
         if msg.expiry_interval > 0 {
-            self.kept
+            let kept = self
+                .kept
                 .entry(client.clone())
                 .or_insert_with(|| Kept::new(msg.expiry_interval));
+            kept.username = msg.info.username.clone();
             self.journal.push(StoreOp::OpenSession {
                 client_id: client,
                 clean: !reply.session_present,
@@ -681,6 +702,23 @@ impl Registry {
         }
         self.commit_soon(ctx);
         reply
+    }
+
+    /// `client_id_binding` (§5.4.2): whether the id is held, by a connection or a stored
+    /// session, for a user other than the one `msg` authenticated as. Ids held anonymously are
+    /// not bound; an anonymous connection may not take an id held by a user.
+    fn owner_conflict(&self, msg: &Register) -> bool {
+        if !self.settings.client_id_binding {
+            return false;
+        }
+        let connected = self.clients.get(&msg.client_id).map(|e| &e.info.username);
+        let stored = self.kept.get(&msg.client_id).map(|k| &k.username);
+        let theirs = |owner: Option<&Option<String>>| {
+            owner
+                .and_then(Option::as_ref)
+                .is_some_and(|owner| msg.info.username.as_ref() != Some(owner))
+        };
+        theirs(connected) || theirs(stored)
     }
 }
 
@@ -700,11 +738,32 @@ impl Handler<Register> for Registry {
                 Registered::default()
             });
         }
+        if self.owner_conflict(&msg) {
+            // Refused before anything changes: the holder keeps its connection and session. The
+            // session logs the refusal at info level.
+            debug!(
+                "client {:?}: connection {} refused, the id is bound to another user",
+                msg.client_id, msg.conn_id
+            );
+            return Box::pin(async {
+                Registered {
+                    bound_to_another_user: true,
+                    ..Registered::default()
+                }
+            });
+        }
         let reply = self.open_session(&mut msg, ctx);
-        let new = Entry::new(msg.conn_id, msg.session, msg.deliveries, msg.abort);
+        let new = Entry::new(
+            msg.conn_id,
+            msg.session,
+            msg.deliveries,
+            msg.abort,
+            msg.info,
+        );
         match self.clients.insert(msg.client_id.clone(), new) {
             Some(old) => {
-                info!(
+                // The old session logs its end ("taken over") at info level: one line per event.
+                debug!(
                     "client {:?}: taken over by connection {}",
                     msg.client_id, msg.conn_id
                 );
@@ -722,7 +781,7 @@ impl Handler<Register> for Registry {
                     {
                         // Paused on a client that does not read: end it from its writer. Its
                         // mailbox closes when it has stopped, which ends the wait.
-                        info!("take-over: the old connection is stalled; aborting it");
+                        debug!("take-over: the old connection is stalled; aborting it");
                         old.abort.trigger();
                         let _ = tokio::time::timeout(TAKEOVER_WAIT, close).await;
                     }
@@ -1001,5 +1060,144 @@ impl Handler<crate::messages::Gauges> for Registry {
             retained_messages: self.retained.len(),
             persistent_sessions: self.kept.len(),
         }
+    }
+}
+
+// ---- the admin API (src/http.rs) -------------------------------------------------------------
+
+/// The `limit` items from `offset` of `items` in order, without sorting them all: each call
+/// costs O(n) plus the sort of one page, so a large broker's listing does not hold up routing.
+fn page_of<T: Ord>(mut items: Vec<T>, offset: usize, limit: usize) -> Vec<T> {
+    if offset >= items.len() || limit == 0 {
+        return Vec::new();
+    }
+    if offset > 0 {
+        items.select_nth_unstable(offset);
+    }
+    let mut page = items.split_off(offset);
+    if limit < page.len() {
+        page.select_nth_unstable(limit);
+        page.truncate(limit);
+    }
+    page.sort_unstable();
+    page
+}
+
+impl Registry {
+    fn client_summary(&self, client: &Arc<str>, entry: &Entry) -> ClientSummary {
+        let info = &entry.info;
+        let kept = self.kept.get(client);
+        ClientSummary {
+            client_id: client.to_string(),
+            username: info.username.clone(),
+            address: info.address.to_string(),
+            protocol_version: info.protocol_version,
+            connected_at_ms: info.connected_at_ms,
+            keep_alive: info.keep_alive,
+            persistent: kept.is_some(),
+            session_expiry_interval: kept.map_or(0, |k| k.expiry_interval),
+            inflight: info.inflight.load(std::sync::atomic::Ordering::Relaxed),
+            subscriptions: self.subscriptions.client_count(client),
+        }
+    }
+}
+
+impl Handler<ListClients> for Registry {
+    type Result = MessageResult<ListClients>;
+
+    fn handle(&mut self, msg: ListClients, _: &mut Context<Self>) -> Self::Result {
+        let ids: Vec<&Arc<str>> = self.clients.keys().collect();
+        let items = page_of(ids, msg.offset, msg.limit)
+            .into_iter()
+            .filter_map(|id| Some(self.client_summary(id, self.clients.get(id)?)))
+            .collect();
+        MessageResult(Page {
+            total: self.clients.len(),
+            items,
+        })
+    }
+}
+
+impl Handler<GetClient> for Registry {
+    type Result = Option<ClientSummary>;
+
+    fn handle(&mut self, msg: GetClient, _: &mut Context<Self>) -> Self::Result {
+        let (id, entry) = self.clients.get_key_value(msg.client_id.as_str())?;
+        Some(self.client_summary(id, entry))
+    }
+}
+
+impl Handler<ListSessions> for Registry {
+    type Result = MessageResult<ListSessions>;
+
+    fn handle(&mut self, msg: ListSessions, _: &mut Context<Self>) -> Self::Result {
+        let ids: Vec<&Arc<str>> = self.kept.keys().collect();
+        let items = page_of(ids, msg.offset, msg.limit)
+            .into_iter()
+            .filter_map(|id| {
+                let kept = self.kept.get(id)?;
+                let entry = self.clients.get(id);
+                Some(SessionSummary {
+                    client_id: id.to_string(),
+                    connected: entry.is_some(),
+                    expiry_interval: kept.expiry_interval,
+                    expires_at_ms: kept.expires_at_ms,
+                    queued_messages: kept.unacked.len(),
+                    queued_bytes: kept.bytes,
+                    inflight: entry.map_or(0, |e| {
+                        e.info.inflight.load(std::sync::atomic::Ordering::Relaxed)
+                    }),
+                    subscriptions: self.subscriptions.client_count(id),
+                })
+            })
+            .collect();
+        MessageResult(Page {
+            total: self.kept.len(),
+            items,
+        })
+    }
+}
+
+impl Handler<Kick> for Registry {
+    type Result = ResponseFuture<Kicked>;
+
+    /// Like a take-over's `Close`, with reason 0x98; the session logs the disconnect. A session
+    /// paused on a client that does not read is not aborted (its send timeout ends it).
+    fn handle(&mut self, msg: Kick, _: &mut Context<Self>) -> Self::Result {
+        let Some(entry) = self.clients.get(msg.client_id.as_str()) else {
+            return Box::pin(async { Kicked::NotConnected });
+        };
+        debug!("client {:?}: kick requested", msg.client_id);
+        let close = entry.session.send(Close {
+            reason: ReasonCode::AdministrativeAction,
+        });
+        Box::pin(async move {
+            match tokio::time::timeout(TAKEOVER_WAIT, close).await {
+                Ok(_) => Kicked::Closed,
+                Err(_) => Kicked::Pending,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod admin_tests {
+    use super::page_of;
+
+    #[test]
+    fn pages_are_sorted_slices_of_the_whole() {
+        let items = vec![9, 3, 7, 1, 5, 8, 2, 6, 4, 0];
+        assert_eq!(page_of(items.clone(), 0, 3), [0, 1, 2]);
+        assert_eq!(page_of(items.clone(), 3, 4), [3, 4, 5, 6]);
+        assert_eq!(page_of(items.clone(), 8, 100), [8, 9]);
+        assert_eq!(page_of(items.clone(), 0, 100), (0..10).collect::<Vec<_>>());
+        assert!(page_of(items.clone(), 10, 5).is_empty());
+        assert!(page_of(items.clone(), 2, 0).is_empty());
+        assert!(page_of(Vec::<u8>::new(), 0, 5).is_empty());
+        // Every page, one after the other, is the sorted whole.
+        let pages: Vec<i32> = (0..4)
+            .flat_map(|p| page_of(items.clone(), p * 3, 3))
+            .collect();
+        assert_eq!(pages, (0..10).collect::<Vec<_>>());
     }
 }

@@ -11,7 +11,7 @@ use super::{Client, Phase, Session, SessionError};
 use crate::acl::Acl;
 use crate::clock::unix_millis;
 use crate::config::AclDefault;
-use crate::messages::{Authenticate, LoadAcl, RecordConnect, Register, Registered};
+use crate::messages::{Authenticate, ConnectionInfo, LoadAcl, RecordConnect, Register, Registered};
 use crate::mqtt::{Ack, ConnAck, Connect, Packet, Properties, ProtocolVersion, topic};
 use crate::persist::StoredWill;
 
@@ -66,6 +66,19 @@ impl Session {
         if self.shared.sources.is_banned(self.peer.ip()) {
             return Err(SessionError::Banned);
         }
+        // A certificate identity checks no password, so only password logins are banned.
+        let password_login = connect.username.clone().filter(|_| !cert_authenticated);
+        if password_login
+            .as_deref()
+            .is_some_and(|name| self.shared.user_failures.is_banned(name))
+        {
+            return Err(SessionError::UserBanned);
+        }
+        if self.shared.flapping.is_banned(&client_id) {
+            return Err(SessionError::Flapping);
+        }
+        // Server-assigned ids are new each time: they cannot flap.
+        let count_connect = !connect.client_id.is_empty();
 
         let client_id: Arc<str> = client_id.into();
         let p = &connect.properties;
@@ -130,6 +143,14 @@ impl Session {
             clean_start: connect.clean_start,
             expiry_interval: session_expiry,
             will,
+            info: ConnectionInfo {
+                username: connect.username.clone(),
+                address: self.peer,
+                protocol_version: version as u8,
+                keep_alive,
+                connected_at_ms: unix_millis(),
+                inflight: self.inflight_gauge.clone(),
+            },
         };
         let acl_default = self.shared.config.acl_default == AclDefault::Allow;
         let record = RecordConnect {
@@ -146,6 +167,7 @@ impl Session {
         };
         let username_for_acl = connect.username.clone();
         let acl_client = client_id.clone();
+        let flapping_id = client_id.clone();
         let username = connect.username;
         let password = connect.password;
         let unavailable =
@@ -177,6 +199,9 @@ impl Session {
                 .will
                 .filter(|w| super::may_publish(&acl, &w.message.topic));
             let mut registered = registry.send(register).await.map_err(|e| unavailable(&e))?;
+            if registered.bound_to_another_user {
+                return Err(SessionError::ClientIdBound);
+            }
             // Session Present and the session's state are promised only once committed.
             if let Some(committed) = registered.committed.take()
                 && committed.await != Ok(true)
@@ -191,7 +216,17 @@ impl Session {
         }
         .into_actor(self)
         .map(move |result, act, ctx| match result {
-            Ok((rules, registered)) => act.accept(rules, registered, accepted, ctx),
+            Ok((rules, registered)) => {
+                let limits = &act.shared.config.limits;
+                if count_connect {
+                    // Only accepted connections count: nobody can get an id banned for
+                    // flapping without being allowed to connect with it.
+                    let ban = std::time::Duration::from_secs(limits.flapping_ban);
+                    let max = limits.max_connects_per_client_id_per_minute;
+                    act.shared.flapping.strike(&flapping_id, max, ban);
+                }
+                act.accept(rules, registered, accepted, ctx)
+            }
             Err(err) => {
                 match &err {
                     SessionError::ServerUnavailable(why) => {
@@ -202,6 +237,10 @@ impl Session {
                         let ban = std::time::Duration::from_secs(limits.auth_ban);
                         let max = limits.max_auth_failures_per_ip;
                         act.shared.sources.auth_failed(act.peer.ip(), max, ban);
+                        if let Some(name) = &password_login {
+                            let max = limits.max_auth_failures_per_user;
+                            act.shared.user_failures.strike(name, max, ban);
+                        }
                     }
                     _ => {}
                 }

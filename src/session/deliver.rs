@@ -7,6 +7,7 @@
 //! the actor), the queue fills and the Registry drops further messages for this client.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -64,7 +65,17 @@ impl Session {
     }
 
     /// Writes pending deliveries while the client's Receive Maximum allows, then pumps again.
+    /// Every change to `inflight` is followed by a call to this (after CONNACK, a write, an
+    /// acknowledgement), so it also updates the gauge the admin API reads.
     pub(super) fn release(&mut self, ctx: &mut Context<Self>) {
+        self.write_pending(ctx);
+        if let Some(client) = &self.client {
+            self.inflight_gauge
+                .store(client.inflight.len(), Ordering::Relaxed);
+        }
+    }
+
+    fn write_pending(&mut self, ctx: &mut Context<Self>) {
         let mut written = 0;
         while let Some(delivery) = self.pending.front() {
             let window_full = self.client.as_ref().is_none_or(|c| {

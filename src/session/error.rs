@@ -26,6 +26,12 @@ pub enum SessionError {
     AnonymousNotAllowed,
     #[error("§5.4.8 address banned after repeated authentication failures")]
     Banned,
+    #[error("§5.4.8 username banned after repeated authentication failures")]
+    UserBanned,
+    #[error("§5.4.8 client id banned for connecting too often (flapping)")]
+    Flapping,
+    #[error("§5.4.2 the client id is held by another user (client_id_binding)")]
+    ClientIdBound,
     #[error("server unavailable: {0}")]
     ServerUnavailable(String),
     #[error("[MQTT-3.3.2-2] topic name {0:?} is not valid")]
@@ -61,6 +67,9 @@ impl SessionError {
         use SessionError::*;
         match self {
             Decode(e) => e.reason_code(),
+            // 3.1.1 has no Banned return code: those connections are closed without CONNACK.
+            Banned | UserBanned | Flapping => ReasonCode::Banned,
+            ClientIdBound => ReasonCode::NotAuthorized,
             SecondConnect
             | ServerOnlyPacket(_)
             | UnexpectedAuth
@@ -74,7 +83,6 @@ impl SessionError {
             BadAuthenticationMethod(_) => ReasonCode::BadAuthenticationMethod,
             BadCredentials => ReasonCode::BadUserNameOrPassword,
             AnonymousNotAllowed => ReasonCode::NotAuthorized,
-            Banned => ReasonCode::Banned,
             ServerUnavailable(_) | StorageFailed => ReasonCode::ServerUnavailable,
             TopicNameInvalid(_) => ReasonCode::TopicNameInvalid,
             TopicAliasInvalid(_) => ReasonCode::TopicAliasInvalid,

@@ -16,6 +16,7 @@ mod subscribe;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use actix::io::{FramedWrite, WriteHandler};
@@ -39,6 +40,7 @@ use crate::mqtt::{
     ConnAck, Connect, DecodeError, Disconnect, EncodeError, MqttCodec, Packet, ProtocolVersion,
     QoS, ReasonCode, Will,
 };
+use crate::stats::Counters;
 
 /// How long a closing connection may take to flush its last packet before it is dropped.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -158,6 +160,11 @@ pub struct Session {
     last_packet: Instant,
     /// Recorded in the database when the connection ends.
     end_reason: String,
+    /// The client identifier of the CONNECT being handled, as sent, for the log of a refusal
+    /// that comes before the identifier is accepted.
+    connect_id: Option<String>,
+    /// `client.inflight.len()`, for the admin API (see `ConnectionInfo`).
+    inflight_gauge: Arc<AtomicUsize>,
 }
 
 impl Client {
@@ -210,6 +217,8 @@ impl Session {
             pending: VecDeque::new(),
             last_packet: Instant::now(),
             end_reason: "connection closed".into(),
+            connect_id: None,
+            inflight_gauge: Arc::default(),
         }
     }
 
@@ -275,14 +284,34 @@ impl Session {
             }
             (Phase::AwaitingConnect, _) => {}
         }
+        // One info line per connection event: a refused CONNECT is logged here; the end of an
+        // accepted connection is logged once in `stopped`, with this as its reason.
+        let refused = !self.client.as_ref().is_some_and(|c| c.accepted);
         match &err {
             SessionError::Decode(DecodeError::Io(e)) => debug!("{}: read error: {e}", self.peer),
-            _ => info!(
-                "{}: {} -> {:?} ({:#04x})",
-                self.peer, err, reason, reason as u8
+            _ if refused && self.phase != Phase::AwaitingConnect => {
+                let id = self
+                    .client
+                    .as_ref()
+                    .map(|c| c.client_id.to_string())
+                    .or_else(|| self.connect_id.clone())
+                    .unwrap_or_default();
+                info!(
+                    "client {id:?} ({}): CONNECT refused: {err} -> {reason:?} ({:#04x})",
+                    self.peer, reason as u8
+                );
+            }
+            _ if refused => info!(
+                "{}: CONNECT refused: {err} -> {reason:?} ({:#04x})",
+                self.peer, reason as u8
             ),
+            _ => debug!("{}: {err} -> {reason:?} ({:#04x})", self.peer, reason as u8),
         }
-        self.end_reason = err.to_string();
+        self.end_reason = if refused {
+            err.to_string()
+        } else {
+            format!("{err} -> {reason:?} ({:#04x})", reason as u8)
+        };
         self.close(ctx);
     }
 
@@ -333,7 +362,13 @@ impl Session {
     /// The single dispatch of inbound packets (after CONNECT handling has started).
     fn dispatch(&mut self, packet: Packet, ctx: &mut Context<Self>) -> Result<(), SessionError> {
         match packet {
-            Packet::Connect(connect) => self.on_connect(*connect, ctx),
+            Packet::Connect(connect) => {
+                Counters::add(&self.shared.counters.connects_received);
+                if self.phase == Phase::AwaitingConnect {
+                    self.connect_id = Some(connect.client_id.clone());
+                }
+                self.on_connect(*connect, ctx)
+            }
             Packet::Publish(publish) => self.on_publish(*publish, ctx),
             Packet::PubRel(ack) => self.on_pubrel(ack, ctx),
             Packet::PubAck(ack) => self.on_puback(ack, ctx),
@@ -452,10 +487,18 @@ impl Actor for Session {
             actix::spawn(self.will_publication(will));
         }
         let Some(client) = &self.client else { return };
-        info!(
-            "client {:?} ({}): disconnected: {}",
-            client.client_id, self.peer, self.end_reason
-        );
+        if client.accepted {
+            info!(
+                "client {:?} ({}): disconnected: {}",
+                client.client_id, self.peer, self.end_reason
+            );
+        } else {
+            // A refused CONNECT was logged by `fail`.
+            debug!(
+                "client {:?} ({}): ended before CONNACK: {}",
+                client.client_id, self.peer, self.end_reason
+            );
+        }
         // One per connection, so this `do_send` is bounded by the connections.
         self.shared.registry.do_send(Unregister {
             client_id: client.client_id.clone(),
@@ -543,6 +586,7 @@ impl Handler<Close> for Session {
         self.end_reason = match msg.reason {
             ReasonCode::SessionTakenOver => "taken over".into(),
             ReasonCode::ServerShuttingDown => "server shutdown".into(),
+            ReasonCode::AdministrativeAction => "kicked by an administrator (0x98)".into(),
             other => format!("closed by server ({:#04x})", other as u8),
         };
         self.close(ctx);

@@ -1,5 +1,5 @@
-//! The `[http]` operations endpoint: `/metrics` (Prometheus text format 0.0.4) and `/healthz`,
-//! over real TCP with a plain HTTP/1.1 client.
+//! The `[http]` operations endpoint: `/metrics` (Prometheus text format 0.0.4), `/healthz`, the
+//! status page and the admin API, over real TCP with a plain HTTP/1.1 client.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -7,9 +7,10 @@ use std::process::Command;
 use bytes::Bytes;
 use mqttd::config::HttpConfig;
 use mqttd::mqtt::{
-    Ack, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe,
-    SubscriptionOptions,
+    Ack, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
+    Subscribe, SubscriptionOptions,
 };
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -19,11 +20,8 @@ const V5: ProtocolVersion = ProtocolVersion::V5;
 
 /// A broker with the HTTP server on an ephemeral port.
 fn start_with_http() -> (TestBroker, SocketAddr) {
-    let broker = start_broker_with(|c| {
-        c.http = Some(HttpConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        })
-    });
+    let broker =
+        start_broker_with(|c| c.http = Some(HttpConfig::new("127.0.0.1:0".parse().unwrap())));
     let http = broker
         .http_addr
         .expect("the broker reports its HTTP address");
@@ -32,8 +30,19 @@ fn start_with_http() -> (TestBroker, SocketAddr) {
 
 /// One HTTP/1.1 request on a fresh connection: (status, headers, body).
 async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+    request_with(addr, method, path, "").await
+}
+
+/// `request` with more header lines (each ending in CRLF).
+async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut response))
@@ -162,7 +171,7 @@ async fn healthz_answers_ok_and_other_paths_404() {
     let (status, headers, body) = get(http, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     assert!(headers.contains("content-type: text/plain"), "{headers}");
-    assert_eq!(get(http, "/").await.0, 404);
+    assert_eq!(get(http, "/nothing").await.0, 404);
     assert_eq!(get(http, "/metrics/x").await.0, 404);
     assert_eq!(request(http, "POST", "/metrics").await.0, 405);
 }
@@ -185,7 +194,7 @@ fn an_http_address_in_use_is_a_start_error() {
         db_path: dir.path().join("broker.db"),
         workers: 1,
         sys_interval: 0,
-        http: Some(HttpConfig { bind: addr }),
+        http: Some(HttpConfig::new(addr)),
         ..mqttd::Config::default()
     };
     let result = actix::System::new().block_on(mqttd::start(config));
@@ -224,4 +233,316 @@ fn check_config_accepts_an_http_table_and_names_a_bad_one() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(named), "{named} not in {stderr}");
     }
+}
+
+/// A JSON answer: (status, body).
+async fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let (status, headers, body) = get(addr, path).await;
+    assert!(
+        headers.contains("content-type: application/json"),
+        "{headers}"
+    );
+    (status, serde_json::from_str(&body).expect("JSON"))
+}
+
+/// The client ids of a listing, in order.
+fn ids(listing: &Value) -> Vec<&str> {
+    listing["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|c| c["client_id"].as_str().unwrap())
+        .collect()
+}
+
+/// A v5 client of user "ann" with a persistent session (Session Expiry 600 s, Clean Start
+/// `clean`) and a keep-alive of 30 s; the CONNACK's Session Present.
+async fn persistent_client(addr: SocketAddr, client_id: &str, clean: bool) -> (Client, bool) {
+    let mut client = Client::open(addr, V5).await;
+    let Packet::Connect(mut connect) = connect_with_credentials(V5, client_id, "ann", "pw") else {
+        unreachable!()
+    };
+    connect.clean_start = clean;
+    connect.keep_alive = 30;
+    connect.properties.session_expiry_interval = Some(600);
+    client.send(Packet::Connect(connect)).await;
+    match client.recv().await {
+        Some(Ok(Packet::ConnAck(ack))) if ack.reason == ReasonCode::Success => {
+            (client, ack.session_present)
+        }
+        other => panic!("expected a successful CONNACK, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_admin_api_lists_shows_and_kicks_clients() {
+    let (broker, http) = start_with_http();
+    mqttd::db::users::add_user(&broker.db_path.to_string_lossy(), "ann", "pw").unwrap();
+    let (mut alpha, _) = persistent_client(broker.addr, "alpha", true).await;
+    alpha
+        .send(Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: vec![(
+                "news".into(),
+                SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+            )],
+        }))
+        .await;
+    alpha
+        .expect(Packet::SubAck(SubAck {
+            packet_id: 1,
+            properties: Properties::default(),
+            reasons: vec![ReasonCode::GrantedQoS1],
+        }))
+        .await;
+    let local = alpha.framed.get_ref().local_addr().unwrap();
+    let mut beta = Client::connected(broker.addr, ProtocolVersion::V311, "beta").await;
+
+    let (status, listing) = get_json(http, "/api/v1/clients").await;
+    assert_eq!(status, 200, "{listing}");
+    assert_eq!(ids(&listing), ["alpha", "beta"]);
+    assert_eq!(
+        listing["meta"],
+        serde_json::json!({"offset": 0, "limit": 100, "count": 2})
+    );
+    let (status, client) = get_json(http, "/api/v1/clients/alpha").await;
+    assert_eq!(status, 200);
+    assert_eq!(client, listing["data"][0]);
+    assert_eq!(client["username"], "ann");
+    assert_eq!(client["address"], local.to_string());
+    assert_eq!(client["protocol_version"], 5);
+    assert_eq!(client["keep_alive"], 30);
+    assert_eq!(client["persistent"], true);
+    assert_eq!(client["session_expiry_interval"], 600);
+    assert_eq!(client["inflight"], 0);
+    let connected_at = client["connected_at_ms"].as_i64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        (now - 60_000..=now).contains(&connected_at),
+        "{connected_at}"
+    );
+    let beta_json = &listing["data"][1];
+    assert_eq!(beta_json["protocol_version"], 4);
+    assert_eq!(beta_json["username"], Value::Null);
+    assert_eq!(beta_json["persistent"], false);
+
+    let (status, sessions) = get_json(http, "/api/v1/sessions").await;
+    assert_eq!(status, 200);
+    assert_eq!(ids(&sessions), ["alpha"], "only persistent sessions");
+    assert_eq!(sessions["data"][0]["connected"], true);
+    assert_eq!(sessions["data"][0]["expires_at_ms"], Value::Null);
+
+    // Unknown clients.
+    let (status, body) = get_json(http, "/api/v1/clients/nobody").await;
+    assert_eq!(
+        (status, &body["error"]),
+        (404, &Value::from("client not connected"))
+    );
+    assert_eq!(
+        request(http, "DELETE", "/api/v1/clients/nobody").await.0,
+        404
+    );
+
+    // Kick: DISCONNECT 0x98, then the connection closes; the persistent session stays.
+    let (status, _, body) = request(http, "DELETE", "/api/v1/clients/alpha").await;
+    assert_eq!((status, body.as_str()), (204, ""));
+    alpha
+        .expect(Packet::Disconnect(Disconnect {
+            reason: ReasonCode::AdministrativeAction,
+            ..Default::default()
+        }))
+        .await;
+    alpha.expect_closed().await;
+    let reason = crate::abuse::wait_for_disconnect_reason(&broker, "alpha").await;
+    assert_eq!(reason, "kicked by an administrator (0x98)");
+    let sessions = loop {
+        let (_, sessions) = get_json(http, "/api/v1/sessions").await;
+        if sessions["data"][0]["connected"] == false {
+            break sessions;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let session = &sessions["data"][0];
+    assert_eq!(session["client_id"], "alpha");
+    assert_eq!(session["expiry_interval"], 600);
+    let expires = session["expires_at_ms"]
+        .as_i64()
+        .expect("a deadline once offline");
+    assert!(expires >= now + 590_000, "{expires}");
+    assert_eq!(session["queued_messages"], 0);
+    assert_eq!(session["subscriptions"], 1);
+    assert_eq!(ids(&get_json(http, "/api/v1/clients").await.1), ["beta"]);
+    // A message for the offline session is queued for it.
+    beta.send(Packet::Publish(Box::new(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "news".into(),
+        packet_id: Some(7),
+        properties: Properties::default(),
+        payload: Bytes::from_static(b"extra"),
+    })))
+    .await;
+    beta.expect(Packet::PubAck(Ack {
+        packet_id: 7,
+        reason: ReasonCode::Success,
+        properties: Properties::default(),
+    }))
+    .await;
+    let (_, sessions) = get_json(http, "/api/v1/sessions").await;
+    assert_eq!(sessions["data"][0]["queued_messages"], 1);
+    assert_eq!(sessions["data"][0]["queued_bytes"], 5);
+    assert_eq!(sessions["data"][0]["inflight"], 0);
+    assert_eq!(
+        request(http, "DELETE", "/api/v1/clients/alpha").await.0,
+        404
+    );
+
+    // 3.1.1 has no server DISCONNECT: the connection just closes.
+    assert_eq!(request(http, "DELETE", "/api/v1/clients/beta").await.0, 204);
+    beta.expect_closed().await;
+    // The kicked persistent session resumes.
+    let (_again, session_present) = persistent_client(broker.addr, "alpha", false).await;
+    assert!(session_present);
+}
+
+#[tokio::test]
+async fn admin_listings_are_bounded_pages_in_client_id_order() {
+    let (broker, http) = start_with_http();
+    let mut clients = Vec::new();
+    for id in ["c3", "c0", "c4", "c1", "c2"] {
+        clients.push(Client::connected(broker.addr, V5, id).await);
+    }
+    // Any identifier can be asked for, percent-encoded, `/` included.
+    let odd = Client::connected(broker.addr, V5, "room/1 a").await;
+    let (status, client) = get_json(http, "/api/v1/clients/room/1%20a").await;
+    assert_eq!(
+        (status, &client["client_id"]),
+        (200, &Value::from("room/1 a"))
+    );
+    let (status, client) = get_json(http, "/api/v1/clients/room%2F1%20a").await;
+    assert_eq!(
+        (status, &client["client_id"]),
+        (200, &Value::from("room/1 a"))
+    );
+    assert_eq!(
+        request(http, "DELETE", "/api/v1/clients/room%2F1%20a")
+            .await
+            .0,
+        204
+    );
+    drop(odd);
+    let page = |query: &'static str| get_json(http, query);
+    let (status, all) = page("/api/v1/clients").await;
+    assert_eq!(status, 200);
+    assert_eq!(ids(&all), ["c0", "c1", "c2", "c3", "c4"]);
+    let (_, first) = page("/api/v1/clients?limit=2").await;
+    assert_eq!(ids(&first), ["c0", "c1"]);
+    assert_eq!(
+        first["meta"],
+        serde_json::json!({"offset": 0, "limit": 2, "count": 5})
+    );
+    assert_eq!(
+        ids(&page("/api/v1/clients?offset=2&limit=2").await.1),
+        ["c2", "c3"]
+    );
+    assert_eq!(
+        ids(&page("/api/v1/clients?offset=4&limit=2").await.1),
+        ["c4"]
+    );
+    assert!(ids(&page("/api/v1/clients?offset=5").await.1).is_empty());
+    assert_eq!(page("/api/v1/clients?limit=10000").await.0, 200);
+    for bad in [
+        "/api/v1/clients?limit=0",
+        "/api/v1/clients?limit=10001",
+        "/api/v1/clients?offset=-1",
+        "/api/v1/sessions?limit=x",
+    ] {
+        let (status, body) = page(bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let (status, sessions) = page("/api/v1/sessions").await;
+    assert_eq!(status, 200);
+    assert_eq!(sessions["meta"]["count"], 0);
+    assert_eq!(request(http, "POST", "/api/v1/clients").await.0, 405);
+    drop(clients);
+}
+
+#[tokio::test]
+async fn an_admin_token_guards_the_api_but_not_metrics_health_or_status() {
+    let broker = start_broker_with(|c| {
+        let mut http = HttpConfig::new("127.0.0.1:0".parse().unwrap());
+        http.admin_token = Some("s3cret".into());
+        c.http = Some(http);
+    });
+    let http = broker.http_addr.unwrap();
+    let _client = Client::connected(broker.addr, V5, "guarded").await;
+    for (method, path) in [
+        ("GET", "/api/v1/clients"),
+        ("GET", "/api/v1/sessions"),
+        ("GET", "/api/v1/clients/guarded"),
+        ("DELETE", "/api/v1/clients/guarded"),
+    ] {
+        let (status, headers, _) = request(http, method, path).await;
+        assert_eq!(status, 401, "{method} {path}");
+        assert!(headers.contains("www-authenticate: bearer"), "{headers}");
+        let wrong = request_with(http, method, path, "Authorization: Bearer s3cre\r\n").await;
+        assert_eq!(wrong.0, 401, "{method} {path}");
+    }
+    let (status, _, body) = request_with(
+        http,
+        "GET",
+        "/api/v1/clients",
+        "Authorization: Bearer s3cret\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"guarded\""), "{body}");
+    for path in ["/metrics", "/healthz", "/"] {
+        assert_eq!(get(http, path).await.0, 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn without_a_token_the_api_is_refused_off_loopback() {
+    let broker = start_broker_with(|c| {
+        c.http = Some(HttpConfig::new("0.0.0.0:0".parse().unwrap()));
+    });
+    let port = broker.http_addr.unwrap().port();
+    let http: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (status, _, body) = get(http, "/api/v1/clients").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("admin_token"), "{body}");
+    assert_eq!(get(http, "/metrics").await.0, 200);
+}
+
+#[tokio::test]
+async fn the_status_page_shows_the_broker_at_a_glance() {
+    let (broker, http) = start_with_http();
+    let _client = Client::connected(broker.addr, V5, "glance").await;
+    let (status, headers, body) = get(http, "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        headers.contains("content-type: text/html; charset=utf-8"),
+        "{headers}"
+    );
+    assert!(body.contains(concat!("<h1>mqttd ", env!("CARGO_PKG_VERSION"), "</h1>")));
+    for row in [
+        "<th>connections</th><td class=\"n\">1</td>",
+        "<th>clients connected</th><td class=\"n\">1</td>",
+        "<th>persistent sessions</th><td class=\"n\">0</td>",
+        "<th>messages received</th>",
+        "<th>dropped qos0</th>",
+    ] {
+        assert!(body.contains(row), "{row:?} not in\n{body}");
+    }
+    assert_eq!(request(http, "POST", "/").await.0, 405);
 }

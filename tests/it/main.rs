@@ -14,6 +14,7 @@ mod lifecycle;
 mod limits;
 mod load;
 mod malformed;
+mod policies;
 mod pubsub;
 mod retained;
 mod sessions;

@@ -998,3 +998,49 @@ async fn sys_topics_report_the_broker_state() {
     publish_qos1(&mut publisher, "marker", 2, b"m").await;
     assert_eq!(next_publish(&mut everything).await.topic, "marker");
 }
+
+/// `$SYS/broker/load/...`: Mosquitto's load averages (per minute, two decimals), 0.00 at start,
+/// moving at each `sys_interval` after traffic.
+#[tokio::test]
+async fn sys_load_averages_follow_the_traffic() {
+    let broker = start_broker_with(|c| c.sys_interval = 1);
+    let mut watcher = Client::connected(broker.addr, V5, "load-watcher").await;
+    subscribe(
+        &mut watcher,
+        1,
+        &[("$SYS/broker/load/#", options(QoS::AtMostOnce))],
+    )
+    .await;
+    let mut publisher = Client::connected(broker.addr, V5, "load-publisher").await;
+    for id in 1..=10 {
+        publish_qos1(&mut publisher, "load/topic", id, b"x").await;
+    }
+    let mut seen = std::collections::HashMap::new();
+    let positive = |seen: &std::collections::HashMap<String, String>, topic: &str| {
+        seen.get(topic)
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v > 0.0)
+    };
+    while !(seen.len() == 9
+        && positive(&seen, "$SYS/broker/load/messages/received/1min")
+        && positive(&seen, "$SYS/broker/load/messages/received/15min")
+        && positive(&seen, "$SYS/broker/load/connections/1min"))
+    {
+        let p = next_publish(&mut watcher).await;
+        seen.insert(p.topic, String::from_utf8_lossy(&p.payload).into_owned());
+    }
+    for kind in ["messages/received", "messages/sent", "connections"] {
+        for window in ["1min", "5min", "15min"] {
+            let value = &seen[&format!("$SYS/broker/load/{kind}/{window}")];
+            let (_, decimals) = value.split_once('.').expect("a decimal point");
+            assert_eq!(decimals.len(), 2, "{value}");
+        }
+    }
+    // The shorter the window, the faster it follows a burst.
+    let value = |t: &str| {
+        seen[&format!("$SYS/broker/load/messages/received/{t}")]
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert!(value("1min") > value("15min"), "{seen:?}");
+}
