@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use log::{debug, info, warn};
@@ -16,12 +16,17 @@ use crate::admission::ConnectionSlot;
 use crate::broker::Shared;
 use crate::messages::StopAccepting;
 use crate::session::{BoxedRead, BoxedWrite, Session};
+use crate::stats::Counters;
 use crate::tls::{self, TlsAcceptor};
 use crate::websocket::{self, WebSocketAcceptor};
 
 /// Pause after a failed accept (EMFILE, ENFILE, ENOBUFS...): retrying at once would spin, and
 /// the condition usually clears when connections close.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// At most one warning per this long for connections refused at accept (the rest are counted
+/// in `connections_refused` and logged at debug level).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Listener {
     shared: Arc<Shared>,
@@ -33,6 +38,8 @@ pub struct Listener {
     tls: Option<Arc<TlsAcceptor>>,
     /// Set on a WebSocket listener (after TLS on a wss one).
     websocket: Option<Arc<WebSocketAcceptor>>,
+    /// When a refusal at accept was last logged as a warning.
+    last_refusal_log: Option<Instant>,
 }
 
 /// Why a connection ended before it became a session.
@@ -71,6 +78,7 @@ impl Listener {
                 conn_ids,
                 tls,
                 websocket,
+                last_refusal_log: None,
             }
         })
     }
@@ -80,8 +88,18 @@ impl Listener {
             Ok(slot) => slot,
             Err(refusal) => {
                 // Closed before a byte is read: the protocol version, and so the CONNACK
-                // format, is not known yet.
-                warn!("{peer}: refused: {refusal}");
+                // format, is not known yet. A storm of refusals must not become a storm of
+                // log lines: one warning per `REFUSAL_LOG_EVERY`, the rest counted.
+                Counters::add(&self.shared.counters.connections_refused);
+                debug!("{peer}: refused: {refusal}");
+                if self
+                    .last_refusal_log
+                    .is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY)
+                {
+                    self.last_refusal_log = Some(Instant::now());
+                    let total = Counters::get(&self.shared.counters.connections_refused);
+                    warn!("{peer}: refused: {refusal} ({total} refused since start)");
+                }
                 return Ok(());
             }
         };

@@ -32,11 +32,14 @@ pub struct Counters {
     pub messages_sent: AtomicU64,
     /// CONNECT packets received (accepted or not): `$SYS/broker/load/connections/*`.
     pub connects_received: AtomicU64,
+    /// Connections closed at accept: over `max_connections`, the per-address caps, or from a
+    /// banned address.
+    pub connections_refused: AtomicU64,
 }
 
 impl Counters {
     /// How many counters there are (the length of [`Counters::all`]).
-    pub const LEN: usize = 12;
+    pub const LEN: usize = 13;
 
     pub fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
@@ -63,6 +66,7 @@ impl Counters {
             messages_received,
             messages_sent,
             connects_received,
+            connections_refused,
         } = self;
         [
             (
@@ -79,6 +83,11 @@ impl Counters {
                 "connects_received",
                 "CONNECT packets received, accepted or not",
                 Self::get(connects_received),
+            ),
+            (
+                "connections_refused",
+                "Connections closed at accept (connection caps, rate caps, bans)",
+                Self::get(connections_refused),
             ),
             (
                 "dropped_qos0",
