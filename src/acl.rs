@@ -2,7 +2,10 @@
 //!
 //! Rules live in the `acl_rules` table (`mqttd acl add|remove|list`). When a client connects,
 //! the session loads the rules for its username, its client id and everyone (`LoadAcl`) and
-//! builds an [`Acl`]; every check after that is in memory.
+//! builds an [`Acl`]; every check after that is in memory. On SIGHUP (`Broker::reload_acl`)
+//! every connected session loads them again and swaps its `Acl`, keeping the old one if the
+//! database fails. With `retained_recheck_publisher`, a retained message is sent on SUBSCRIBE
+//! only if an `Acl` built the same way for its publisher still allows the publish.
 //!
 //! How a request is decided:
 //!

@@ -1,5 +1,6 @@
 //! Starting and stopping a broker: the database, the Registry, the session Arbiters and one
-//! Listener per bound address; reloading the TLS listeners' certificates.
+//! Listener per bound address; reloading the TLS listeners' certificates and the connected
+//! clients' ACL rules.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +18,8 @@ use crate::db::{self, DbActor};
 use crate::error::BrokerError;
 use crate::listener::Listener;
 use crate::messages::{
-    Checkpoint, CloseOpenConnections, Flush, LoadRetained, LoadState, Shutdown, StopAccepting,
+    AclReload, Checkpoint, CloseOpenConnections, Flush, LoadRetained, LoadState, ReloadAcl,
+    Shutdown, StopAccepting,
 };
 use crate::registry::{Registry, Settings};
 use crate::stats::Counters;
@@ -189,6 +191,38 @@ impl Broker {
             }
         }
         result
+    }
+
+    /// Makes every connected client check against the ACL rules as they are in the database
+    /// now (SIGHUP): each session loads its rules again and swaps them in (new connections
+    /// always read the current rules). A session whose reload fails keeps its previous rules
+    /// (bad-inputs.md H112). Logs one line with the counts, and returns them once every session
+    /// has answered (or after 5 s, see `AclReload::pending`).
+    pub async fn reload_acl(&self) -> AclReload {
+        let reload = match self.registry.send(ReloadAcl).await {
+            Ok(reload) => reload,
+            Err(e) => {
+                warn!("ACL reload: the registry is unavailable: {e}");
+                return AclReload::default();
+            }
+        };
+        let pending = if reload.pending > 0 {
+            format!(", {} pending (not answering yet)", reload.pending)
+        } else {
+            String::new()
+        };
+        match &reload.error {
+            None => info!(
+                "ACL rules reloaded for {} connected session(s){pending}",
+                reload.reloaded
+            ),
+            Some(e) => warn!(
+                "ACL rules reloaded for {} connected session(s){pending}; {} kept their \
+                 previous rules, the reload failed: {e}",
+                reload.reloaded, reload.failed
+            ),
+        }
+        reload
     }
 
     /// Clean shutdown: stop accepting, send DISCONNECT 0x8B to every client [MQTT-3.14.0-1 is

@@ -32,6 +32,11 @@ pub struct Config {
     /// another user (or anonymous) gets CONNACK 0x87 instead of taking it over. Ids held by
     /// anonymous clients are not bound.
     pub client_id_binding: bool,
+    /// A retained message is sent to a new subscriber only if its publisher may still publish
+    /// to its topic under the current rules (Mosquitto's `check_retain_source`,
+    /// CVE-2018-12546); the publisher is known by client id and the username it last
+    /// connected with.
+    pub retained_recheck_publisher: bool,
     /// Seconds between `$SYS/broker/...` updates (retained, Mosquitto's names); 0 = none.
     pub sys_interval: u64,
     /// Threads (actix Arbiters) that run client sessions; 0 = one per available core.
@@ -235,6 +240,7 @@ impl Default for Config {
             acl_default: AclDefault::Allow,
             response_information: None,
             client_id_binding: true,
+            retained_recheck_publisher: true,
             sys_interval: 10,
             workers: 0,
             db_threads: 2,
@@ -455,6 +461,7 @@ mod tests {
         // The robustness policies are on by default (README, "Choices where the spec leaves
         // room"), with EMQX's flapping numbers.
         assert!(c.client_id_binding);
+        assert!(c.retained_recheck_publisher);
         assert_eq!(c.limits.max_auth_failures_per_user, 10);
         assert_eq!(c.limits.max_connects_per_client_id_per_minute, 15);
         assert_eq!(c.limits.flapping_ban, 300);

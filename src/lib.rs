@@ -32,8 +32,10 @@
 //!
 //! All of them are in [`messages`], grouped by recipient:
 //!
-//! - Session -> DbActor: `Authenticate` and `LoadAcl` (CONNECT), `RecordConnect` (before
-//!   CONNACK), `StoreRetained` (a RETAIN publish, before its PUBACK), `RecordDisconnect`.
+//! - Session -> DbActor: `Authenticate` and `LoadAcl` (CONNECT, and again on `RefreshAcl`),
+//!   `RecordConnect` (before CONNACK), `StoreRetained` (a RETAIN publish, before its PUBACK),
+//!   `LoadPublisherRules` (a SUBSCRIBE that matched retained messages, to re-check their
+//!   publishers), `RecordDisconnect`.
 //! - Session -> Registry: `Register` (after authentication; refused if the id is bound to
 //!   another user; may close an older connection with the same id; resumes a stored
 //!   session), `Subscribe`, `Unsubscribe`, `Publish`,
@@ -41,9 +43,10 @@
 //!   `Unregister`.
 //! - Registry -> DbActor (writer): `Commit` (one batch of [`persist::StoreOp`]s).
 //! - Registry -> Session: `Close` (DISCONNECT 0x8E on take-over, 0x8B on shutdown, 0x98 on
-//!   an admin kick), and
+//!   an admin kick), `RefreshAcl` (one per session on `ReloadAcl`), and
 //!   [`message::Delivery`] items through the session's bounded `tokio::sync::mpsc` queue.
-//! - Broker -> Listener: `StopAccepting`; Broker -> Registry: `Shutdown`, `Flush`; Broker ->
+//! - Broker -> Listener: `StopAccepting`; Broker -> Registry: `Shutdown`, `Flush`,
+//!   `ReloadAcl` (SIGHUP); Broker ->
 //!   DbActor: `LoadRetained`, `LoadState`, `CloseOpenConnections`, `Checkpoint`.
 //! - HTTP -> Registry: `Gauges` (`/metrics`, `/`), `ActiveClients` (`/healthz`), `ListClients`,
 //!   `GetClient`, `ListSessions`, `Kick` (admin API); HTTP -> DbActor: `Ping` (`/healthz`).

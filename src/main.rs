@@ -209,7 +209,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Runs the broker until SIGINT or SIGTERM, then shuts it down cleanly. SIGHUP reloads the TLS
-/// certificates.
+/// certificates and the connected clients' ACL rules.
 fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     ignore_file_size_signal();
     let system = actix::System::new();
@@ -245,9 +245,11 @@ async fn wait_for_signal(broker: &mqttd::Broker) -> std::io::Result<()> {
             _ = interrupt.recv() => return Ok(()),
             _ = terminate.recv() => return Ok(()),
             _ = hangup.recv() => {
-                info!("SIGHUP: reloading TLS certificates");
+                info!("SIGHUP: reloading TLS certificates and ACL rules");
                 // Failures are logged per listener, which keeps its previous certificates.
                 let _ = broker.reload_tls();
+                // Logs how many sessions reloaded; a failed one keeps its previous rules.
+                broker.reload_acl().await;
             }
         }
     }

@@ -34,6 +34,26 @@ pub struct Close {
     pub reason: ReasonCode,
 }
 
+/// Registry -> Session (for `ReloadAcl`): load this connection's ACL rules again (`LoadAcl`)
+/// and check everything from now on against them; the session keeps serving meanwhile. If the
+/// database fails, the session keeps its previous rules (bad-inputs.md H112).
+/// Reply: once the new rules are in force, or the reload failed.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "AclRefreshed")]
+pub struct RefreshAcl;
+
+/// The answer to `RefreshAcl`.
+#[derive(MessageResponse, Debug, Clone, PartialEq, Eq)]
+pub enum AclRefreshed {
+    /// The new rules are in force.
+    Reloaded,
+    /// The database failed (why): the previous rules stay.
+    Failed(String),
+    /// Not past CONNACK, or closing: nothing to reload (a connection still being accepted
+    /// reads the rules as they are now).
+    NotConnected,
+}
+
 // ---- handled by Registry ---------------------------------------------------------------------
 
 /// Session -> Registry: this connection now owns `client_id`, unless `client_id_binding`
@@ -47,6 +67,8 @@ pub struct Register {
     pub client_id: Arc<str>,
     pub conn_id: u64,
     pub session: Recipient<Close>,
+    /// Where `ReloadAcl` asks the session to reload its rules.
+    pub acl: Recipient<RefreshAcl>,
     /// The session's bounded delivery queue; the Registry only ever `try_send`s into it.
     pub deliveries: mpsc::Sender<Delivery>,
     /// Ends the connection when it does not answer `Close` (paused on a full socket).
@@ -204,6 +226,27 @@ pub struct Flush;
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// Broker -> Registry (SIGHUP, `Broker::reload_acl`): tell every connected session to reload
+/// its ACL rules, one `RefreshAcl` each (bounded by the connections). Reply: how that went, once
+/// every session has answered or `ACL_RELOAD_WAIT` has passed.
+#[derive(Message, Debug)]
+#[rtype(result = "AclReload")]
+pub struct ReloadAcl;
+
+/// The answer to `ReloadAcl`.
+#[derive(MessageResponse, Debug, Clone, Default, PartialEq, Eq)]
+pub struct AclReload {
+    /// Sessions now checking against the new rules.
+    pub reloaded: usize,
+    /// Sessions whose reload failed (database error): they keep their previous rules.
+    pub failed: usize,
+    /// Why the first failed reload failed.
+    pub error: Option<String>,
+    /// Sessions that did not answer in time (paused on a client that does not read): they
+    /// reload when they take the message.
+    pub pending: usize,
+}
 
 /// Anyone -> Registry: how many clients are connected and registered now.
 #[derive(Message, Debug)]
@@ -382,6 +425,26 @@ pub struct CloseOpenConnections {
 pub struct LoadAcl {
     pub username: Option<String>,
     pub client_id: String,
+}
+
+/// Session -> DbActor (`retained_recheck_publisher`): what it takes to check the retained
+/// messages sent on a SUBSCRIBE against their publishers' current rules, in one round trip.
+/// Reply: every ACL rule, and the username each publisher last connected with.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<PublisherRules, DbError>")]
+pub struct LoadPublisherRules {
+    /// Client identifiers of the publishers, without duplicates.
+    pub publishers: Vec<Arc<str>>,
+}
+
+/// The answer to `LoadPublisherRules`.
+#[derive(Debug, Default)]
+pub struct PublisherRules {
+    /// Every rule; `Acl::new` keeps those that apply to each publisher.
+    pub rules: Vec<AclRule>,
+    /// The username of each publisher's last connection (the `clients` table); a publisher
+    /// without a row, or without a username, is absent.
+    pub usernames: std::collections::HashMap<String, String>,
 }
 
 /// Session -> DbActor: store the retained message of `message.topic`, replacing the old one;

@@ -25,8 +25,8 @@ use crate::acl::{AclRule, RuleTopicError};
 use crate::clock::unix_millis;
 use crate::message::AppMessage;
 use crate::messages::{
-    Authenticate, Checkpoint, CloseOpenConnections, Commit, LoadAcl, LoadRetained, LoadState,
-    RecordConnect, RecordDisconnect, StoreRetained,
+    Authenticate, Checkpoint, CloseOpenConnections, Commit, LoadAcl, LoadPublisherRules,
+    LoadRetained, LoadState, PublisherRules, RecordConnect, RecordDisconnect, StoreRetained,
 };
 use crate::mqtt::EncodeError;
 use crate::persist::{Durability, StoredState};
@@ -248,6 +248,20 @@ impl Handler<LoadAcl> for DbActor {
 
     fn handle(&mut self, msg: LoadAcl, _: &mut Self::Context) -> Self::Result {
         queries::rules_for(&mut self.conn, msg.username.as_deref(), &msg.client_id)
+    }
+}
+
+impl Handler<LoadPublisherRules> for DbActor {
+    type Result = Result<PublisherRules, DbError>;
+
+    /// Two queries however many publishers: every rule (rule tables are small next to the
+    /// retained messages a `#` subscription can match), and the publishers' usernames.
+    fn handle(&mut self, msg: LoadPublisherRules, _: &mut Self::Context) -> Self::Result {
+        let ids: Vec<&str> = msg.publishers.iter().map(|id| &**id).collect();
+        Ok(PublisherRules {
+            rules: queries::list_rules(&mut self.conn)?,
+            usernames: queries::last_usernames(&mut self.conn, &ids)?,
+        })
     }
 }
 
@@ -626,6 +640,31 @@ mod tests {
             .unwrap();
         let ids: Vec<_> = rules.iter().map(|r| r.id).collect();
         assert_eq!(ids, [own, everyone]);
+
+        // The retained re-check: every rule, and each publisher's last username.
+        db.send(RecordConnect {
+            client_id: "c1".into(),
+            connection_id: 1,
+            username: Some("alice".into()),
+            address: "127.0.0.1:1".into(),
+            protocol_version: 5,
+            at_ms: 1,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let loaded = db
+            .send(LoadPublisherRules {
+                publishers: vec![Arc::from("c1"), Arc::from("never-connected")],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.rules.len(), 3);
+        assert_eq!(
+            loaded.usernames,
+            [("c1".to_string(), "alice".to_string())].into()
+        );
 
         let message = |topic: &str, payload: &'static [u8], expires_at_ms: Option<i64>| {
             Arc::new(AppMessage {

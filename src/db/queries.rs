@@ -5,6 +5,7 @@
 //! `conn.immediate_transaction`, never a deferred `transaction` (a read that is then upgraded
 //! to a write fails with SQLITE_BUSY instead of waiting).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -363,6 +364,26 @@ pub fn rules_for(
         .into_iter()
         .map(acl_rule)
         .collect()
+}
+
+/// Most client ids per `IN (...)` query: SQLite's limit on bound variables is 32,766.
+const IDS_PER_QUERY: usize = 10_000;
+
+/// The username each of `client_ids` last connected with (the `clients` table); ids without a
+/// row or without a username are left out.
+pub fn last_usernames(
+    conn: &mut SqliteConnection,
+    client_ids: &[&str],
+) -> Result<HashMap<String, String>, DbError> {
+    let mut usernames = HashMap::new();
+    for chunk in client_ids.chunks(IDS_PER_QUERY) {
+        let rows: Vec<(String, Option<String>)> = clients::table
+            .filter(clients::client_id.eq_any(chunk))
+            .select((clients::client_id, clients::username))
+            .load(conn)?;
+        usernames.extend(rows.into_iter().filter_map(|(id, name)| Some((id, name?))));
+    }
+    Ok(usernames)
 }
 
 fn acl_rule(row: AclRuleRow) -> Result<AclRule, DbError> {

@@ -36,8 +36,9 @@ use crate::clock::unix_millis;
 use crate::db::DbActor;
 use crate::message::{AppMessage, Delivery};
 use crate::messages::{
-    AckStep, Acknowledged, ActiveClients, Close, Commit, Flush, Publish, Register, Registered,
-    Shutdown, StoreRetained, Subscribe, SubscribeOutcome, SubscribeReply, Unregister, Unsubscribe,
+    AckStep, Acknowledged, AclRefreshed, AclReload, ActiveClients, Close, Commit, Flush, Publish,
+    RefreshAcl, Register, Registered, ReloadAcl, Shutdown, StoreRetained, Subscribe,
+    SubscribeOutcome, SubscribeReply, Unregister, Unsubscribe,
 };
 use crate::messages::{
     ClientSummary, ConnectionInfo, GetClient, Kick, Kicked, ListClients, ListSessions, Page,
@@ -65,6 +66,8 @@ enum Stored {
 struct Entry {
     conn_id: u64,
     session: Recipient<Close>,
+    /// Asked to reload its ACL rules (`ReloadAcl`).
+    acl: Recipient<RefreshAcl>,
     deliveries: mpsc::Sender<Delivery>,
     abort: Arc<Abort>,
     /// For the admin API.
@@ -81,6 +84,7 @@ impl Entry {
     fn new(
         conn_id: u64,
         session: Recipient<Close>,
+        acl: Recipient<RefreshAcl>,
         deliveries: mpsc::Sender<Delivery>,
         abort: Arc<Abort>,
         info: ConnectionInfo,
@@ -88,6 +92,7 @@ impl Entry {
         Entry {
             conn_id,
             session,
+            acl,
             deliveries,
             abort,
             info,
@@ -146,6 +151,9 @@ pub struct Registry {
 /// How long a new connection waits for the one it takes over to close by itself (and then
 /// again after aborting it).
 const TAKEOVER_WAIT: Duration = Duration::from_secs(1);
+
+/// How long `ReloadAcl` waits for the sessions to answer before it reports the rest as pending.
+const ACL_RELOAD_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a backlog may stand still before its subscriber is treated as stuck.
 const HOLD_LIMIT: Duration = Duration::from_millis(500);
@@ -756,6 +764,7 @@ impl Handler<Register> for Registry {
         let new = Entry::new(
             msg.conn_id,
             msg.session,
+            msg.acl,
             msg.deliveries,
             msg.abort,
             msg.info,
@@ -1038,6 +1047,40 @@ impl Handler<Shutdown> for Registry {
         self.notify_if_drained();
         Box::pin(async move {
             let _ = rx.await;
+        })
+    }
+}
+
+impl Handler<ReloadAcl> for Registry {
+    type Result = ResponseFuture<AclReload>;
+
+    /// Like `Shutdown`'s `Close`: exactly one `RefreshAcl` per connected session, so the
+    /// fan-out is bounded; `send` queues it even into a full mailbox. The sessions load their
+    /// rules concurrently (the DbActor's threads) while the Registry goes on routing.
+    fn handle(&mut self, _: ReloadAcl, _: &mut Context<Self>) -> Self::Result {
+        let answers: Vec<_> = self
+            .clients
+            .values()
+            .map(|entry| entry.acl.send(RefreshAcl))
+            .collect();
+        Box::pin(async move {
+            let mut reload = AclReload::default();
+            let answers = answers
+                .into_iter()
+                .map(|answer| tokio::time::timeout(ACL_RELOAD_WAIT, answer));
+            for answer in futures_util::future::join_all(answers).await {
+                match answer {
+                    Ok(Ok(AclRefreshed::Reloaded)) => reload.reloaded += 1,
+                    Ok(Ok(AclRefreshed::Failed(why))) => {
+                        reload.failed += 1;
+                        reload.error.get_or_insert(why);
+                    }
+                    // Closing, or gone meanwhile: nothing left to authorise.
+                    Ok(Ok(AclRefreshed::NotConnected) | Err(_)) => {}
+                    Err(_) => reload.pending += 1,
+                }
+            }
+            reload
         })
     }
 }

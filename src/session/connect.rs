@@ -138,6 +138,7 @@ impl Session {
             client_id: client_id.clone(),
             conn_id: self.conn_id,
             session: ctx.address().recipient(),
+            acl: ctx.address().recipient(),
             deliveries: deliveries_tx,
             abort: self.abort.clone(),
             clean_start: connect.clean_start,

@@ -34,8 +34,9 @@ use crate::acl::{Acl, AclAction};
 use crate::admission::ConnectionSlot;
 use crate::broker::Shared;
 use crate::clock::unix_millis;
+use crate::config::AclDefault;
 use crate::message::Delivery;
-use crate::messages::{Close, RecordDisconnect, Unregister};
+use crate::messages::{AclRefreshed, Close, LoadAcl, RecordDisconnect, RefreshAcl, Unregister};
 use crate::mqtt::{
     ConnAck, Connect, DecodeError, Disconnect, EncodeError, MqttCodec, Packet, ProtocolVersion,
     QoS, ReasonCode, Will,
@@ -605,5 +606,53 @@ impl Handler<Close> for Session {
                 let _ = db.send(record).await;
             }
         })
+    }
+}
+
+impl Handler<RefreshAcl> for Session {
+    type Result = ResponseActFuture<Self, AclRefreshed>;
+
+    /// Loads this connection's rules again and swaps them in once they arrive. The future is
+    /// spawned, not waited for: packets and deliveries keep flowing under the old rules until
+    /// then. A delivery still in `pending` or the queue is checked when it is written, so it
+    /// already meets the new rules; one written to the socket before cannot be recalled.
+    fn handle(&mut self, _: RefreshAcl, _: &mut Context<Self>) -> Self::Result {
+        let Some(client) = self
+            .client
+            .as_ref()
+            .filter(|_| self.phase == Phase::Connected)
+        else {
+            return Box::pin(fut::ready(AclRefreshed::NotConnected));
+        };
+        let load = self.shared.db.send(LoadAcl {
+            username: client.username.clone(),
+            client_id: client.client_id.to_string(),
+        });
+        Box::pin(load.into_actor(self).map(|result, act, _| {
+            let default_allow = act.shared.config.acl_default == AclDefault::Allow;
+            let Some(client) = act.client.as_mut() else {
+                return AclRefreshed::NotConnected;
+            };
+            // Logged once for all sessions by `Broker::reload_acl`, with the first error.
+            let rules = match result {
+                Ok(Ok(rules)) => rules,
+                Ok(Err(e)) => {
+                    debug!("client {:?}: ACL reload failed: {e}", client.client_id);
+                    return AclRefreshed::Failed(e.to_string());
+                }
+                Err(e) => {
+                    debug!("client {:?}: ACL reload failed: {e}", client.client_id);
+                    return AclRefreshed::Failed(format!("database actor unavailable: {e}"));
+                }
+            };
+            client.acl = Acl::new(
+                rules,
+                client.username.as_deref(),
+                &client.client_id,
+                default_allow,
+            );
+            debug!("client {:?}: ACL rules reloaded", client.client_id);
+            AclRefreshed::Reloaded
+        }))
     }
 }

@@ -1,11 +1,19 @@
 //! SUBSCRIBE and UNSUBSCRIBE (§3.8-§3.11): one reason code per filter, in order.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
 use actix::prelude::*;
+use log::{debug, warn};
 
 use super::{Session, SessionError};
-use crate::acl::AclAction;
+use crate::acl::{Acl, AclAction, AclSubject};
+use crate::config::AclDefault;
+use crate::db::DbActor;
+use crate::message::{AppMessage, Delivery};
 use crate::messages::{
-    Subscribe as AddSubscriptions, SubscribeOutcome, Unsubscribe as RemoveSubscriptions,
+    LoadPublisherRules, Subscribe as AddSubscriptions, SubscribeOutcome,
+    Unsubscribe as RemoveSubscriptions,
 };
 use crate::mqtt::{
     Packet, Properties, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, topic,
@@ -71,6 +79,9 @@ impl Session {
             max_subscriptions: self.shared.config.limits.max_subscriptions_per_client,
         };
         let request = self.shared.registry.send(add);
+        let db = self.shared.db.clone();
+        let recheck = self.shared.config.retained_recheck_publisher;
+        let default_allow = self.shared.config.acl_default == AclDefault::Allow;
         async move {
             // A persistent session's SUBACK waits for its subscriptions to be committed.
             let mut reply = request.await.ok()?;
@@ -78,11 +89,16 @@ impl Session {
                 Some(committed) => committed.await == Ok(true),
                 None => true,
             };
-            Some((reply, stored))
+            let publishers = if recheck {
+                load_publisher_rules(&db, &reply.retained, default_allow).await
+            } else {
+                Ok(None)
+            };
+            Some((reply, stored, publishers))
         }
         .into_actor(self)
         .map(move |result, act, ctx| match result {
-            Some((reply, stored)) => {
+            Some((mut reply, stored, publishers)) => {
                 for (at, outcome) in granted_at.into_iter().zip(reply.outcomes) {
                     if !stored {
                         reasons[at] = ReasonCode::UnspecifiedError;
@@ -91,8 +107,11 @@ impl Session {
                     }
                 }
                 act.send_suback(packet_id, reasons);
-                // After the SUBACK, ahead of anything newer from the queue.
-                act.pending.extend(reply.retained);
+                let retained = std::mem::take(&mut reply.retained);
+                for skipped in act.drop_unpublishable(retained, publishers) {
+                    // A persistent session stored it: forget it, as if delivered.
+                    act.forget_stored(skipped, ctx);
+                }
                 act.release(ctx);
             }
             None => {
@@ -104,6 +123,55 @@ impl Session {
         })
         .wait(ctx);
         Ok(())
+    }
+
+    /// Puts the retained messages of a new subscription in `pending` (after the SUBACK, ahead
+    /// of anything newer from the queue), except, with `retained_recheck_publisher`, those
+    /// whose publisher may no longer publish to their topic (bad-inputs.md H114). When the
+    /// publishers' rules could not be loaded, none is sent: the messages stay retained for a
+    /// later subscription. Returns the stored packet ids of the messages left out.
+    fn drop_unpublishable(
+        &mut self,
+        retained: Vec<Delivery>,
+        publishers: Result<Option<PublisherAcls>, String>,
+    ) -> Vec<u16> {
+        let client_id = self
+            .client
+            .as_ref()
+            .map_or_else(|| Arc::from(""), |c| c.client_id.clone());
+        let publishers = match publishers {
+            Ok(None) => {
+                self.pending.extend(retained);
+                return Vec::new();
+            }
+            Ok(Some(publishers)) => Some(publishers),
+            Err(e) => {
+                warn!(
+                    "client {client_id:?}: retained messages not sent, their publishers' rules \
+                     could not be loaded: {e}"
+                );
+                None
+            }
+        };
+        let mut skipped = Vec::new();
+        for delivery in retained {
+            let message = &delivery.message;
+            let allowed = is_broker_own(message)
+                || publishers
+                    .as_ref()
+                    .is_some_and(|p| p.may_have_published(message));
+            if allowed {
+                self.pending.push_back(delivery);
+            } else {
+                debug!(
+                    "client {client_id:?}: retained message on {:?} not sent: its publisher {:?} may no \
+                     longer publish there",
+                    message.topic, message.publisher
+                );
+                skipped.extend(delivery.packet_id);
+            }
+        }
+        skipped
     }
 
     fn send_suback(&mut self, packet_id: u16, reasons: Vec<ReasonCode>) {
@@ -164,4 +232,70 @@ impl Session {
         .wait(ctx);
         Ok(())
     }
+}
+
+/// The current rules of the publishers of some retained messages.
+struct PublisherAcls {
+    by_client_id: HashMap<Arc<str>, Acl>,
+}
+
+impl PublisherAcls {
+    /// Whether the message's publisher may publish it under the current rules.
+    fn may_have_published(&self, message: &AppMessage) -> bool {
+        self.by_client_id
+            .get(&message.publisher)
+            .is_some_and(|acl| super::may_publish(acl, &message.topic))
+    }
+}
+
+/// The broker's own `$SYS` messages need no publisher check: no client may publish there.
+fn is_broker_own(message: &AppMessage) -> bool {
+    message.topic.starts_with("$SYS")
+}
+
+/// One DbActor round trip for every publisher of `retained` (`LoadPublisherRules`); `None`
+/// when there is nothing to check.
+async fn load_publisher_rules(
+    db: &Addr<DbActor>,
+    retained: &[Delivery],
+    default_allow: bool,
+) -> Result<Option<PublisherAcls>, String> {
+    let publishers: HashSet<Arc<str>> = retained
+        .iter()
+        .filter(|d| !is_broker_own(&d.message))
+        .map(|d| d.message.publisher.clone())
+        .collect();
+    if publishers.is_empty() {
+        return Ok(None);
+    }
+    let load = LoadPublisherRules {
+        publishers: publishers.into_iter().collect(),
+    };
+    let publishers = load.publishers.clone();
+    let loaded = match db.send(load).await {
+        Ok(Ok(loaded)) => loaded,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(e) => return Err(format!("database actor unavailable: {e}")),
+    };
+    // The same default as at CONNECT: the publisher was judged by it when it published.
+    let by_client_id = publishers
+        .into_iter()
+        .map(|id| {
+            let username = loaded.usernames.get(&*id).map(String::as_str);
+            // Only this publisher's rules are copied (`Acl::new` would drop the others).
+            let rules = loaded
+                .rules
+                .iter()
+                .filter(|r| match &r.subject {
+                    AclSubject::All => true,
+                    AclSubject::User(name) => username == Some(name.as_str()),
+                    AclSubject::Client(client) => **client == *id,
+                })
+                .cloned()
+                .collect();
+            let acl = Acl::new(rules, username, &id, default_allow);
+            (id, acl)
+        })
+        .collect();
+    Ok(Some(PublisherAcls { by_client_id }))
 }

@@ -1,6 +1,8 @@
 //! Authorization (see the module comment of src/acl.rs): rules from the `acl_rules` table,
 //! loaded at CONNECT, checked on PUBLISH (PUBACK/PUBREC 0x87, QoS 0 dropped), SUBSCRIBE
-//! (SUBACK 0x87 per filter), delivery (silently skipped) and the Will; and `mqttd acl ...`.
+//! (SUBACK 0x87 per filter), delivery (silently skipped) and the Will; and `mqttd acl ...`;
+//! reloading connected clients' rules (SIGHUP, H112/H113) and re-checking retained messages
+//! against their publisher (H114).
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -620,4 +622,381 @@ async fn h113_revoked_read_access_stops_queued_messages_of_a_persistent_session(
     }
     subscribe(&mut reader, "marker", QoS::AtMostOnce).await;
     assert_next_is_marker(&mut reader, &mut publisher, "marker").await;
+}
+
+// ---- reloading the rules of connected clients (SIGHUP, `Broker::reload_acl`) -----------------
+
+fn client(id: &str) -> AclSubject {
+    AclSubject::Client(id.into())
+}
+
+/// A client that may subscribe to and receive `marker` (to stay usable once it has a rule of
+/// its own, which denies it everything no rule allows).
+fn allow_marker(broker: &TestBroker, client_id: &str) {
+    for action in [AclAction::Subscribe, AclAction::Receive] {
+        rule(
+            broker,
+            client(client_id),
+            AclPermission::Allow,
+            action,
+            "marker",
+        );
+    }
+}
+
+/// H113, online: a connected subscriber loses read access; after the reload nothing more is
+/// delivered on its existing subscription, including messages already waiting in the session
+/// (here held back by Receive Maximum 1), and the subscription itself is kept.
+#[tokio::test]
+async fn h113_a_reload_stops_deliveries_to_a_connected_subscriber_queued_ones_included() {
+    let broker = start_broker();
+    let Packet::Connect(mut c) = connect(V5, "reader") else {
+        unreachable!()
+    };
+    c.properties.receive_maximum = Some(1);
+    let mut reader = Client::open(broker.addr, V5).await;
+    reader.send(Packet::Connect(c)).await;
+    assert!(matches!(reader.recv().await, Some(Ok(Packet::ConnAck(_)))));
+    subscribe(&mut reader, "secret/#", QoS::AtLeastOnce).await;
+    subscribe(&mut reader, "marker", QoS::AtMostOnce).await;
+    let mut publisher = Client::connected(broker.addr, V5, "publisher").await;
+    publish_ok(
+        &mut publisher,
+        1,
+        msg("secret/a", "before", QoS::AtLeastOnce, false),
+    )
+    .await;
+    assert_eq!(
+        recv_publish(&mut reader).await,
+        msg("secret/a", "before", QoS::AtLeastOnce, false)
+    );
+
+    // One message in flight (not acknowledged), two more waiting behind Receive Maximum 1.
+    for payload in ["in flight", "queued 1", "queued 2"] {
+        publish_ok(
+            &mut publisher,
+            2,
+            msg("secret/b", payload, QoS::AtLeastOnce, false),
+        )
+        .await;
+    }
+    let in_flight = match reader.recv().await {
+        Some(Ok(Packet::Publish(p))) => *p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    };
+    assert_eq!(&in_flight.payload[..], b"in flight");
+
+    rule(
+        &broker,
+        client("reader"),
+        AclPermission::Deny,
+        AclAction::Receive,
+        "secret/#",
+    );
+    allow_marker(&broker, "reader");
+    let reload = broker.reload_acl().await;
+    assert_eq!((reload.reloaded, reload.failed), (2, 0), "{reload:?}");
+
+    // Acknowledging the message already written frees the window: the queued ones are checked
+    // against the new rules as they are written, and skipped.
+    reader
+        .send(Packet::PubAck(mqttd::mqtt::Ack {
+            packet_id: in_flight.packet_id.unwrap(),
+            ..Default::default()
+        }))
+        .await;
+    publish_ok(
+        &mut publisher,
+        3,
+        msg("secret/c", "after", QoS::AtLeastOnce, false),
+    )
+    .await;
+    assert_next_is_marker(&mut reader, &mut publisher, "marker").await;
+    // The subscription was kept (Mosquitto keeps it too): only the receive check filters.
+    let reasons = subscribe_with(
+        &mut reader,
+        9,
+        &[("secret/#", crate::retained::options(QoS::AtLeastOnce))],
+    )
+    .await;
+    assert_eq!(reasons, [DENIED], "subscribing again is checked afresh");
+    disconnect(reader).await;
+    disconnect(publisher).await;
+}
+
+#[tokio::test]
+async fn a_reload_revokes_publish_access_of_a_connected_client() {
+    let broker = start_broker();
+    let mut listener = Client::connected(broker.addr, V5, "listener").await;
+    subscribe(&mut listener, "#", QoS::AtLeastOnce).await;
+    let mut writer = Client::connected(broker.addr, V5, "writer").await;
+    publish_ok(
+        &mut writer,
+        1,
+        msg("secret/x", "yes", QoS::AtLeastOnce, false),
+    )
+    .await;
+    assert_eq!(
+        recv_publish(&mut listener).await,
+        msg("secret/x", "yes", QoS::AtLeastOnce, false)
+    );
+    rule(
+        &broker,
+        client("writer"),
+        AclPermission::Deny,
+        AclAction::Publish,
+        "secret/#",
+    );
+    rule(
+        &broker,
+        client("writer"),
+        AclPermission::Allow,
+        AclAction::Publish,
+        "ok/#",
+    );
+    assert_eq!(broker.reload_acl().await.reloaded, 2);
+    publish_expect(
+        &mut writer,
+        2,
+        msg("secret/x", "no", QoS::AtLeastOnce, false),
+        DENIED,
+    )
+    .await;
+    assert_next_is_marker(&mut listener, &mut writer, "ok/marker").await;
+    disconnect(writer).await;
+    disconnect(listener).await;
+}
+
+/// H112: when the rules cannot be read (here a corrupt rule row), every session keeps the rules
+/// it had, the reload says so, and a later reload that works applies the new rules.
+#[tokio::test]
+async fn h112_a_failed_reload_keeps_the_previous_rules() {
+    use diesel::connection::SimpleConnection;
+
+    let broker = start_broker();
+    let mut reader = Client::connected(broker.addr, V5, "reader").await;
+    subscribe(&mut reader, "secret/#", QoS::AtLeastOnce).await;
+    subscribe(&mut reader, "marker", QoS::AtMostOnce).await;
+    let mut publisher = Client::connected(broker.addr, V5, "publisher").await;
+    rule(
+        &broker,
+        client("reader"),
+        AclPermission::Deny,
+        AclAction::Receive,
+        "secret/#",
+    );
+    allow_marker(&broker, "reader");
+    // Only a hand-edited database gets past the CHECK constraints.
+    let corrupt = "PRAGMA ignore_check_constraints = ON; \
+        INSERT INTO acl_rules (subject_kind, subject, action, permission, topic, created_at_ms) \
+        VALUES ('all', NULL, 'PUBLISH', 'allow', 't', 0);";
+    broker.db().batch_execute(corrupt).unwrap();
+
+    let reload = broker.reload_acl().await;
+    assert_eq!((reload.reloaded, reload.failed), (0, 2), "{reload:?}");
+    assert!(
+        reload.error.as_deref().unwrap_or("").contains("acl_rules"),
+        "{reload:?}"
+    );
+    // The old rules (allow everything) are still in force.
+    publish_ok(
+        &mut publisher,
+        1,
+        msg("secret/a", "still", QoS::AtLeastOnce, false),
+    )
+    .await;
+    assert_eq!(
+        recv_publish(&mut reader).await,
+        msg("secret/a", "still", QoS::AtLeastOnce, false)
+    );
+
+    broker
+        .db()
+        .batch_execute("DELETE FROM acl_rules WHERE action = 'PUBLISH';")
+        .unwrap();
+    let reload = broker.reload_acl().await;
+    assert_eq!((reload.reloaded, reload.failed), (2, 0), "{reload:?}");
+    publish_ok(
+        &mut publisher,
+        2,
+        msg("secret/b", "no", QoS::AtLeastOnce, false),
+    )
+    .await;
+    assert_next_is_marker(&mut reader, &mut publisher, "marker").await;
+    disconnect(reader).await;
+    disconnect(publisher).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_reloads_the_rules_of_connected_clients_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("daemon.db");
+    let config = dir.path().join("mqttd.toml");
+    std::fs::write(
+        &config,
+        format!("db_path = {db:?}\nallow_anonymous = true\n[[listener]]\nbind = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    let (child, addr) = crate::cli::spawn_daemon_with(
+        Command::new(env!("CARGO_BIN_EXE_mqttd"))
+            .arg("--config")
+            .arg(&config),
+    );
+    // Killed if the test fails half-way, so no daemon outlives it.
+    struct Daemon(std::process::Child);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Daemon(child);
+    let pid = child.0.id().to_string();
+    let mut reader = Client::connected(addr, V5, "reader").await;
+    subscribe(&mut reader, "secret/#", QoS::AtMostOnce).await;
+    subscribe(&mut reader, "marker", QoS::AtMostOnce).await;
+    let mut publisher = Client::connected(addr, V5, "publisher").await;
+    let db = db.to_str().unwrap();
+    for args in [
+        ["--client", "reader", "deny", "receive", "secret/#"],
+        ["--client", "reader", "allow", "subscribe", "marker"],
+        ["--client", "reader", "allow", "receive", "marker"],
+    ] {
+        let out = mqttd(&[&["acl", "add"][..], &args[..], &["--db", db][..]].concat());
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(status.success());
+    // The signal is handled asynchronously: publish until the secret no longer comes through.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        publish_ok(
+            &mut publisher,
+            0,
+            msg("secret/x", "?", QoS::AtMostOnce, false),
+        )
+        .await;
+        publish_ok(
+            &mut publisher,
+            0,
+            msg("marker", "m", QoS::AtMostOnce, false),
+        )
+        .await;
+        let first = recv_publish(&mut reader).await;
+        if first.topic == "marker" {
+            break;
+        }
+        assert_eq!(recv_publish(&mut reader).await.topic, "marker");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rules were not reloaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    disconnect(reader).await;
+    disconnect(publisher).await;
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let exit = tokio::task::block_in_place(|| child.0.wait()).unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+// ---- H114: retained messages whose publisher lost write access --------------------------------
+
+/// alice (a user) publishes a retained message; she then loses publish access to its topic.
+/// Returns the broker and the retained topic.
+async fn retained_by_alice_who_loses_write_access(
+    adjust: impl FnOnce(&mut mqttd::Config),
+) -> TestBroker {
+    let broker = start_broker_with(adjust);
+    add_user(&broker, "alice", "pw");
+    rule(
+        &broker,
+        user("alice"),
+        AclPermission::Allow,
+        AclAction::Publish,
+        "news/#",
+    );
+    let mut alice = login(broker.addr, "alice-1", "alice", "pw").await;
+    publish_ok(
+        &mut alice,
+        1,
+        msg("news/alice", "retained", QoS::AtLeastOnce, true),
+    )
+    .await;
+    disconnect(alice).await;
+    // While alice may publish there, new subscribers get it.
+    let mut early = Client::connected(broker.addr, V5, "early").await;
+    subscribe(&mut early, "news/#", QoS::AtLeastOnce).await;
+    assert_eq!(
+        recv_publish(&mut early).await,
+        msg("news/alice", "retained", QoS::AtLeastOnce, true)
+    );
+    disconnect(early).await;
+    // Revoked for her username (the message only names her client id).
+    rule(
+        &broker,
+        user("alice"),
+        AclPermission::Deny,
+        AclAction::Publish,
+        "news/#",
+    );
+    broker
+}
+
+#[tokio::test]
+async fn h114_a_retained_message_whose_publisher_lost_write_access_is_not_served() {
+    let broker = retained_by_alice_who_loses_write_access(|_| {}).await;
+    let mut publisher = Client::connected(broker.addr, V5, "other").await;
+    publish_ok(
+        &mut publisher,
+        1,
+        msg("news/other", "kept", QoS::AtLeastOnce, true),
+    )
+    .await;
+    for session_expiry in [None, Some(600)] {
+        let Packet::Connect(mut c) = connect(V5, "late") else {
+            unreachable!()
+        };
+        c.properties.session_expiry_interval = session_expiry;
+        let mut late = Client::open(broker.addr, V5).await;
+        late.send(Packet::Connect(c)).await;
+        assert!(matches!(late.recv().await, Some(Ok(Packet::ConnAck(_)))));
+        subscribe(&mut late, "news/#", QoS::AtLeastOnce).await;
+        // Only the retained message of a publisher that may still publish it.
+        assert_eq!(
+            recv_publish(&mut late).await,
+            msg("news/other", "kept", QoS::AtLeastOnce, true)
+        );
+        assert_next_is_marker(&mut late, &mut publisher, "news/marker").await;
+        disconnect(late).await;
+    }
+    // The persistent session does not get the skipped message on resuming either.
+    let Packet::Connect(mut c) = connect(V5, "late") else {
+        unreachable!()
+    };
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(600);
+    let mut late = Client::open(broker.addr, V5).await;
+    late.send(Packet::Connect(c)).await;
+    match late.recv().await {
+        Some(Ok(Packet::ConnAck(ack))) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    assert_next_is_marker(&mut late, &mut publisher, "news/marker").await;
+    disconnect(late).await;
+    disconnect(publisher).await;
+}
+
+#[tokio::test]
+async fn h114_retained_recheck_publisher_false_serves_it_as_mosquitto_does_by_default() {
+    let broker =
+        retained_by_alice_who_loses_write_access(|c| c.retained_recheck_publisher = false).await;
+    let mut late = Client::connected(broker.addr, V5, "late").await;
+    subscribe(&mut late, "news/#", QoS::AtLeastOnce).await;
+    assert_eq!(
+        recv_publish(&mut late).await,
+        msg("news/alice", "retained", QoS::AtLeastOnce, true)
+    );
+    disconnect(late).await;
 }

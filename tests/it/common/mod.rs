@@ -32,6 +32,8 @@ pub struct TestBroker {
     /// The broker's drop counters.
     pub counters: Arc<Counters>,
     stop: Option<oneshot::Sender<()>>,
+    /// Asks the broker thread for `Broker::reload_acl` (what SIGHUP does).
+    reload_acl: tokio::sync::mpsc::UnboundedSender<oneshot::Sender<mqttd::messages::AclReload>>,
     thread: Option<JoinHandle<()>>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -65,7 +67,9 @@ pub fn start_broker_on(db_path: PathBuf, adjust: impl FnOnce(&mut Config)) -> Te
     };
     adjust(&mut config);
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = oneshot::channel();
+    let (stop_tx, mut stop_rx) = oneshot::channel();
+    let (reload_tx, mut reload_rx) =
+        tokio::sync::mpsc::unbounded_channel::<oneshot::Sender<mqttd::messages::AclReload>>();
     let thread = std::thread::spawn(move || {
         let system = actix::System::new();
         system.block_on(async move {
@@ -83,7 +87,14 @@ pub fn start_broker_on(db_path: PathBuf, adjust: impl FnOnce(&mut Config)) -> Te
                     broker.counters.clone(),
                 )))
                 .unwrap();
-            let _ = stop_rx.await;
+            loop {
+                tokio::select! {
+                    _ = &mut stop_rx => break,
+                    Some(reply) = reload_rx.recv() => {
+                        let _ = reply.send(broker.reload_acl().await);
+                    }
+                }
+            }
             broker.shutdown().await;
         });
     });
@@ -98,6 +109,7 @@ pub fn start_broker_on(db_path: PathBuf, adjust: impl FnOnce(&mut Config)) -> Te
         db_path,
         counters,
         stop: Some(stop_tx),
+        reload_acl: reload_tx,
         thread: Some(thread),
         _dir: None,
     }
@@ -112,6 +124,17 @@ impl TestBroker {
         if let Some(thread) = self.thread.take() {
             thread.join().expect("broker thread panicked");
         }
+    }
+
+    /// `Broker::reload_acl` (SIGHUP): the connected clients reload their ACL rules. Returns once
+    /// every session has answered.
+    pub async fn reload_acl(&self) -> mqttd::messages::AclReload {
+        let (tx, rx) = oneshot::channel();
+        self.reload_acl.send(tx).expect("broker thread");
+        tokio::time::timeout(TIMEOUT, rx)
+            .await
+            .expect("ACL reload in time")
+            .expect("broker thread")
     }
 
     /// A connection to the broker's SQLite file, to check what it recorded.
