@@ -5,16 +5,17 @@
 //! - `GET /healthz`: `200 ok` when the Registry and the database both answer within
 //!   [`HEALTH_TIMEOUT`], else `503` with one line per problem.
 //! - `GET /`: a small HTML status page with the same numbers as `/metrics`.
-//! - The admin API, JSON under `/api/v1/` (in the manner of EMQX's): `GET clients` and
-//!   `GET sessions` (pages of at most [`MAX_LIMIT`], `?offset=&limit=`), `GET clients/{id}`,
-//!   and `DELETE clients/{id}`, which closes that client's connection with DISCONNECT 0x98
-//!   (Administrative action). It needs `Authorization: Bearer <admin_token>` when a token is
-//!   configured, and without one it answers only on a loopback address (see [`Admin`]).
+//! - The admin API, JSON under `/api/v1/` (in the manner of EMQX's): `GET clients`,
+//!   `GET sessions` and `GET retained` (pages of at most [`MAX_LIMIT`], `?offset=&limit=`),
+//!   `GET clients/{id}`, and `DELETE clients/{id}`, which closes that client's connection with
+//!   DISCONNECT 0x98 (Administrative action). It needs `Authorization: Bearer <admin_token>`
+//!   when a token is configured, and without one it answers only on a loopback address (see
+//!   [`Admin`]).
 //!
 //! It runs on one actix-web worker thread (an Arbiter of the broker's System), apart from the
-//! session Arbiters. The counters are atomics read in place; what only the Registry knows
-//! (clients, subscriptions, retained messages, persistent sessions) comes from one `Gauges`
-//! message per scrape, which the Registry answers at once from its own state: it never waits
+//! session Arbiters. The counters and histograms are atomics read in place; what only the
+//! Registry knows (clients, subscriptions, retained messages, persistent sessions and their
+//! queued messages) comes from one `Gauges` message per scrape, which the Registry answers at once from its own state: it never waits
 //! for HTTP, and a scrape waits for it at most [`REGISTRY_TIMEOUT`]. The admin API asks it
 //! the same way; a listing costs the Registry O(clients), never a sort of them all.
 
@@ -31,7 +32,8 @@ use actix_web::dev::ServerHandle;
 use actix_web::http::{StatusCode, header};
 use actix_web::{App, HttpRequest, HttpResponse, web};
 use log::{debug, info, warn};
-use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
@@ -42,11 +44,11 @@ use crate::broker::Shared;
 use crate::db::DbError;
 use crate::error::BrokerError;
 use crate::messages::{
-    ActiveClients, Gauges, GetClient, Kick, Kicked, ListClients, ListSessions, Page, Ping,
-    RegistryGauges,
+    ActiveClients, Gauges, GetClient, Kick, Kicked, ListClients, ListRetained, ListSessions, Page,
+    Ping, RegistryGauges,
 };
 use crate::registry::Registry;
-use crate::stats::Counters;
+use crate::stats::{Counters, HistogramSnapshot};
 
 /// How long `/healthz` waits for the Registry and the database (concurrently). A probe's own
 /// timeout should be longer (Kubernetes: `timeoutSeconds: 3` or more).
@@ -178,6 +180,7 @@ pub async fn start(
                 web::scope("/api/v1")
                     .service(web::resource("/clients").route(web::get().to(list_clients)))
                     .service(web::resource("/sessions").route(web::get().to(list_sessions)))
+                    .service(web::resource("/retained").route(web::get().to(list_retained)))
                     // `.+`: a client identifier may contain `/`.
                     .service(
                         web::resource("/clients/{id:.+}")
@@ -219,8 +222,12 @@ async fn snapshot(state: &State, path: &str) -> Snapshot {
             None
         }
     };
+    let counters = &shared.counters;
     Snapshot {
-        counters: shared.counters.all(),
+        counters: counters.all(),
+        by_qos: counters.by_qos(),
+        commit_duration: counters.commit_duration.snapshot(),
+        commit_batch_ops: counters.commit_batch_ops.snapshot(),
         connections: shared.connections.load(Ordering::Relaxed),
         registry,
         uptime: state.started.elapsed(),
@@ -357,12 +364,38 @@ fn render_status(s: &Snapshot) -> String {
             registry(|g| g.persistent_sessions),
             "Persistent sessions, connected or not",
         ),
+        (
+            "queued messages",
+            registry(|g| g.queued_messages),
+            "QoS 1/2 messages stored for persistent sessions, not yet acknowledged",
+        ),
     ] {
         rows.push((name.into(), value, help.into()));
+    }
+    for (name, help, [qos0, qos1, qos2]) in s.by_qos {
+        rows.push((
+            name.replace('_', " "),
+            (qos0 + qos1 + qos2).to_string(),
+            format!("{help} (QoS 0: {qos0}, 1: {qos1}, 2: {qos2})"),
+        ));
     }
     for (name, help, value) in s.counters {
         rows.push((name.replace('_', " "), value.to_string(), help.into()));
     }
+    let mean = |h: &HistogramSnapshot, scale: f64, unit: &str| match h.count {
+        0 => "none".to_string(),
+        n => format!("{:.2}{unit}", h.sum * scale / n as f64),
+    };
+    rows.push((
+        "commit duration".into(),
+        mean(&s.commit_duration, 1000.0, " ms"),
+        "Mean time of a group commit, from sending it to the database to its answer".into(),
+    ));
+    rows.push((
+        "commit batch ops".into(),
+        mean(&s.commit_batch_ops, 1.0, ""),
+        "Mean journal operations per group commit".into(),
+    ));
     let mut html = format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <title>mqttd {version}</title>\n<style>\n\
@@ -500,6 +533,18 @@ async fn list_sessions(req: HttpRequest, state: web::Data<State>) -> HttpRespons
     )
 }
 
+async fn list_retained(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    respond(
+        async {
+            state.admin.check(&req)?;
+            let (offset, limit) = page_bounds(&req)?;
+            let page = ask(&state, ListRetained { offset, limit }).await?;
+            Ok(listing(page, offset, limit))
+        }
+        .await,
+    )
+}
+
 /// `id`: the `{id}` of the path, fully percent-decoded by `web::Path` (`%2F` included, which
 /// `match_info` leaves encoded).
 async fn get_client(
@@ -548,10 +593,47 @@ async fn kick_client(
 /// Everything one scrape reports.
 struct Snapshot {
     counters: [(&'static str, &'static str, u64); Counters::LEN],
+    by_qos: [(&'static str, &'static str, [u64; 3]); 2],
+    commit_duration: HistogramSnapshot,
+    commit_batch_ops: HistogramSnapshot,
     connections: usize,
     /// `None`: the Registry did not answer; its gauges are left out.
     registry: Option<RegistryGauges>,
     uptime: Duration,
+}
+
+/// A counter family labelled `qos="0"`, `"1"`, `"2"`, from values read once.
+#[derive(Debug)]
+struct QosCounters([u64; 3]);
+
+impl EncodeMetric for QosCounters {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (qos, value) in ["0", "1", "2"].into_iter().zip(self.0) {
+            encoder
+                .encode_family(&[("qos", qos)])?
+                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// A histogram from values read once (see `stats::Histogram`), like `ConstCounter`.
+#[derive(Debug)]
+struct ConstHistogram(HistogramSnapshot);
+
+impl EncodeMetric for ConstHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let h = &self.0;
+        encoder.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 /// The scrape in the Prometheus text format 0.0.4. Counters are named `mqttd_<name>_total`.
@@ -596,10 +678,29 @@ fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
             "Persistent sessions, connected or not",
             ConstGauge::new(g.persistent_sessions),
         );
+        metrics.register(
+            "queued_messages",
+            "QoS 1/2 messages stored for persistent sessions, not yet acknowledged",
+            ConstGauge::new(g.queued_messages),
+        );
     }
     for (name, help, value) in s.counters {
         metrics.register(name, help, ConstCounter::new(value));
     }
+    for (name, help, values) in s.by_qos {
+        metrics.register(name, help, QosCounters(values));
+    }
+    metrics.register_with_unit(
+        "commit_duration",
+        "Time from sending a group commit to the database to its answer",
+        Unit::Seconds,
+        ConstHistogram(s.commit_duration.clone()),
+    );
+    metrics.register(
+        "commit_batch_ops",
+        "Journal operations per group commit (0: only records that the broker is alive)",
+        ConstHistogram(s.commit_batch_ops.clone()),
+    );
     let mut out = String::new();
     prometheus_text::encode(&mut out, &metrics)?;
     Ok(out)
@@ -608,13 +709,22 @@ fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::QoS;
+    use crate::stats::{BatchOps, Buckets, CommitMicros};
 
     fn snapshot(registry: Option<RegistryGauges>) -> Snapshot {
         let counters = Counters::default();
-        Counters::add(&counters.messages_received);
-        Counters::add(&counters.messages_received);
+        counters.messages_received.add(QoS::AtMostOnce);
+        counters.messages_received.add(QoS::AtLeastOnce);
+        Counters::add_n(&counters.bytes_received, 12);
+        counters.commit_batch_ops.observe(3);
+        counters.commit_duration.observe(1_500);
+        counters.commit_duration.observe(20_000);
         Snapshot {
             counters: counters.all(),
+            by_qos: counters.by_qos(),
+            commit_duration: counters.commit_duration.snapshot(),
+            commit_batch_ops: counters.commit_batch_ops.snapshot(),
             connections: 3,
             registry,
             uptime: Duration::from_millis(61_900),
@@ -628,13 +738,30 @@ mod tests {
             subscriptions: 5,
             retained_messages: 7,
             persistent_sessions: 1,
+            queued_messages: 4,
         };
         let text = render(&snapshot(Some(gauges))).unwrap();
         for block in [
             "# HELP mqttd_messages_received_total PUBLISH packets received from clients.\n\
              # TYPE mqttd_messages_received_total counter\n\
-             mqttd_messages_received_total 2\n",
-            "# TYPE mqttd_messages_sent_total counter\nmqttd_messages_sent_total 0\n",
+             mqttd_messages_received_total{qos=\"0\"} 1\n\
+             mqttd_messages_received_total{qos=\"1\"} 1\n\
+             mqttd_messages_received_total{qos=\"2\"} 0\n",
+            "# TYPE mqttd_messages_sent_total counter\nmqttd_messages_sent_total{qos=\"0\"} 0\n",
+            "# TYPE mqttd_bytes_received_total counter\nmqttd_bytes_received_total 12\n",
+            "# TYPE mqttd_auth_failures_total counter\nmqttd_auth_failures_total 0\n",
+            "# TYPE mqttd_queued_messages gauge\nmqttd_queued_messages 4\n",
+            "# TYPE mqttd_commit_duration_seconds histogram\n\
+             mqttd_commit_duration_seconds_bucket{le=\"0.0001\"} 0\n",
+            "mqttd_commit_duration_seconds_bucket{le=\"0.0025\"} 1\n",
+            "mqttd_commit_duration_seconds_bucket{le=\"0.025\"} 2\n",
+            "mqttd_commit_duration_seconds_bucket{le=\"+Inf\"} 2\n\
+             mqttd_commit_duration_seconds_sum 0.0215\n\
+             mqttd_commit_duration_seconds_count 2\n",
+            "# TYPE mqttd_commit_batch_ops histogram\n\
+             mqttd_commit_batch_ops_bucket{le=\"0\"} 0\n",
+            "mqttd_commit_batch_ops_bucket{le=\"5\"} 1\n",
+            "mqttd_commit_batch_ops_sum 3.0\nmqttd_commit_batch_ops_count 1\n",
             "# TYPE mqttd_connections gauge\nmqttd_connections 3\n",
             "# TYPE mqttd_clients_connected gauge\nmqttd_clients_connected 2\n",
             "# TYPE mqttd_subscriptions gauge\nmqttd_subscriptions 5\n",
@@ -657,16 +784,24 @@ mod tests {
         }
         assert!(!text.contains("# EOF"));
         assert!(!text.contains("# UNIT"));
-        // One sample per family: the counters, 6 gauges, build info.
+        // One sample per family: the counters, 7 gauges, build info; 3 per QoS family; the
+        // buckets, +Inf, sum and count of each histogram.
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, Counters::default().all().len() + 6 + 1, "{text}");
+        let histograms = CommitMicros::BOUNDS.len() + BatchOps::BOUNDS.len() + 2 * 3;
+        assert_eq!(
+            samples,
+            Counters::default().all().len() + 7 + 1 + 2 * 3 + histograms,
+            "{text}"
+        );
     }
 
     #[test]
     fn without_the_registry_its_gauges_are_left_out() {
         let text = render(&snapshot(None)).unwrap();
         assert!(text.contains("mqttd_connections 3\n"));
-        assert!(text.contains("mqttd_messages_received_total 2\n"));
+        assert!(text.contains("mqttd_messages_received_total{qos=\"1\"} 1\n"));
+        assert!(text.contains("mqttd_commit_duration_seconds_count 2\n"));
+        assert!(!text.contains("mqttd_queued_messages"));
         assert!(!text.contains("mqttd_clients_connected"));
         assert!(!text.contains("mqttd_persistent_sessions"));
     }
@@ -678,6 +813,7 @@ mod tests {
             subscriptions: 5,
             retained_messages: 7,
             persistent_sessions: 1,
+            queued_messages: 4,
         };
         let html = render_status(&snapshot(Some(gauges)));
         assert!(html.starts_with("<!DOCTYPE html>"));
@@ -689,7 +825,12 @@ mod tests {
             "<tr><th>subscriptions</th><td class=\"n\">5</td>",
             "<tr><th>retained messages</th><td class=\"n\">7</td>",
             "<tr><th>persistent sessions</th><td class=\"n\">1</td>",
+            "<tr><th>queued messages</th><td class=\"n\">4</td>",
             "<tr><th>messages received</th><td class=\"n\">2</td>",
+            "(QoS 0: 1, 1: 1, 2: 0)",
+            "<tr><th>bytes received</th><td class=\"n\">12</td>",
+            "<tr><th>commit duration</th><td class=\"n\">10.75 ms</td>",
+            "<tr><th>commit batch ops</th><td class=\"n\">3.00</td>",
             "<tr><th>dropped qos0</th><td class=\"n\">0</td>",
             "the subscriber's queue was full",
         ] {

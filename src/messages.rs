@@ -268,6 +268,9 @@ pub struct RegistryGauges {
     pub retained_messages: usize,
     /// Persistent sessions, connected or not.
     pub persistent_sessions: usize,
+    /// QoS 1/2 messages stored for persistent sessions and not yet acknowledged by their
+    /// clients (in flight included): the sum of the sessions' `queued_messages`.
+    pub queued_messages: usize,
 }
 
 /// HTTP admin API -> Registry: one page of the connected clients, ordered by client id.
@@ -290,6 +293,14 @@ pub struct GetClient {
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "Page<SessionSummary>")]
 pub struct ListSessions {
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// HTTP admin API -> Registry: one page of the retained messages, ordered by topic.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Page<RetainedSummary>")]
+pub struct ListRetained {
     pub offset: usize,
     pub limit: usize,
 }
@@ -359,6 +370,19 @@ pub struct SessionSummary {
     /// Of those, sent on the current connection and awaiting acknowledgement (0 offline).
     pub inflight: usize,
     pub subscriptions: usize,
+}
+
+/// A retained message, as the admin API shows it (never its payload).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RetainedSummary {
+    pub topic: String,
+    pub payload_bytes: usize,
+    /// QoS as published.
+    pub qos: u8,
+    /// Client id of the publisher (`$SYS` for the broker's own topics).
+    pub publisher: String,
+    /// When it expires (ms since the Unix epoch); `None`: never.
+    pub expires_at_ms: Option<i64>,
 }
 
 // ---- handled by DbActor (SyncArbiter, SQLite) ------------------------------------------------

@@ -1,8 +1,11 @@
-//! Broker-wide counters, shared by every actor (relaxed atomics: they are statistics, not
-//! synchronisation), and the `$SYS` load averages computed from them.
+//! Broker-wide counters and histograms, shared by every actor (relaxed atomics: they are
+//! statistics, not synchronisation), and the `$SYS` load averages computed from them.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::mqtt::QoS;
 
 /// Messages the broker did not deliver, by reason. Each drop is also logged at debug level.
 #[derive(Debug, Default)]
@@ -26,10 +29,24 @@ pub struct Counters {
     /// was acknowledged as a success).
     pub commits: AtomicU64,
     pub commits_failed: AtomicU64,
-    /// PUBLISH packets received from clients.
-    pub messages_received: AtomicU64,
-    /// PUBLISH packets sent to clients.
-    pub messages_sent: AtomicU64,
+    /// How long each group commit took, from sending it to the database actor to its answer.
+    pub commit_duration: Histogram<CommitMicros>,
+    /// Journal operations per group commit (0: one that only records that the broker is alive).
+    pub commit_batch_ops: Histogram<BatchOps>,
+    /// PUBLISH packets received from clients, by QoS.
+    pub messages_received: ByQos,
+    /// PUBLISH packets sent to clients, by QoS.
+    pub messages_sent: ByQos,
+    /// Payload bytes of the PUBLISH packets received from clients (not packet bytes: the
+    /// payload is what a session has at hand without re-encoding).
+    pub bytes_received: AtomicU64,
+    /// Payload bytes of the PUBLISH packets sent to clients.
+    pub bytes_sent: AtomicU64,
+    /// CONNECTs refused for a wrong username or password.
+    pub auth_failures: AtomicU64,
+    /// CONNECTs refused because their address or username is banned after repeated
+    /// authentication failures.
+    pub logins_banned: AtomicU64,
     /// CONNECT packets received (accepted or not): `$SYS/broker/load/connections/*`.
     pub connects_received: AtomicU64,
     /// Connections closed at accept: over `max_connections`, the per-address caps, or from a
@@ -39,19 +56,23 @@ pub struct Counters {
 
 impl Counters {
     /// How many counters there are (the length of [`Counters::all`]).
-    pub const LEN: usize = 13;
+    pub const LEN: usize = 15;
 
     pub fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add_n(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
 
-    /// Every counter with its metric name (`mqttd_<name>_total` on `/metrics`) and help text,
-    /// read now. The destructuring names every field, so a new counter does not compile until
-    /// it is listed here too.
+    /// Every counter without labels with its metric name (`mqttd_<name>_total` on `/metrics`)
+    /// and help text, read now. The destructuring names every field, so a new counter does not
+    /// compile until it is listed here too (or in `by_qos`, or is a histogram).
     pub fn all(&self) -> [(&'static str, &'static str, u64); Self::LEN] {
         let Counters {
             dropped_qos0,
@@ -63,21 +84,27 @@ impl Counters {
             sessions_expired,
             commits,
             commits_failed,
-            messages_received,
-            messages_sent,
+            commit_duration: _,
+            commit_batch_ops: _,
+            messages_received: _,
+            messages_sent: _,
+            bytes_received,
+            bytes_sent,
+            auth_failures,
+            logins_banned,
             connects_received,
             connections_refused,
         } = self;
         [
             (
-                "messages_received",
-                "PUBLISH packets received from clients",
-                Self::get(messages_received),
+                "bytes_received",
+                "Payload bytes of the PUBLISH packets received from clients",
+                Self::get(bytes_received),
             ),
             (
-                "messages_sent",
-                "PUBLISH packets sent to clients",
-                Self::get(messages_sent),
+                "bytes_sent",
+                "Payload bytes of the PUBLISH packets sent to clients",
+                Self::get(bytes_sent),
             ),
             (
                 "connects_received",
@@ -88,6 +115,17 @@ impl Counters {
                 "connections_refused",
                 "Connections closed at accept (connection caps, rate caps, bans)",
                 Self::get(connections_refused),
+            ),
+            (
+                "auth_failures",
+                "CONNECTs refused for a wrong username or password",
+                Self::get(auth_failures),
+            ),
+            (
+                "logins_banned",
+                "CONNECTs refused for an address or username banned after authentication \
+                 failures",
+                Self::get(logins_banned),
             ),
             (
                 "dropped_qos0",
@@ -136,6 +174,127 @@ impl Counters {
             ),
         ]
     }
+
+    /// The counters labelled by QoS (`mqttd_<name>_total{qos="0"}` ...), read now.
+    pub fn by_qos(&self) -> [(&'static str, &'static str, [u64; 3]); 2] {
+        [
+            (
+                "messages_received",
+                "PUBLISH packets received from clients",
+                self.messages_received.read(),
+            ),
+            (
+                "messages_sent",
+                "PUBLISH packets sent to clients",
+                self.messages_sent.read(),
+            ),
+        ]
+    }
+}
+
+/// A counter per QoS level.
+#[derive(Debug, Default)]
+pub struct ByQos([AtomicU64; 3]);
+
+impl ByQos {
+    pub fn add(&self, qos: QoS) {
+        self.0[qos as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// QoS 0, 1 and 2.
+    pub fn read(&self) -> [u64; 3] {
+        self.0.each_ref().map(Counters::get)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.read().iter().sum()
+    }
+}
+
+/// The fixed buckets of a [`Histogram`]: upper bounds (inclusive, as Prometheus's `le`) in
+/// the unit observed, ascending; a last `+Inf` bucket is implied.
+pub trait Buckets {
+    const BOUNDS: &'static [u64];
+    /// Observed units per exported unit (µs per second: 1e6). A division, not a
+    /// multiplication by 1e-6, so that bounds print as written (`0.0001`, not `9.99...e-5`).
+    const PER_UNIT: f64;
+}
+
+/// Commit latency, observed in microseconds, exported in seconds: 100 µs to 10 s.
+#[derive(Debug)]
+pub enum CommitMicros {}
+
+impl Buckets for CommitMicros {
+    const BOUNDS: &'static [u64] = &[
+        100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+        1_000_000, 2_500_000, 5_000_000, 10_000_000,
+    ];
+    const PER_UNIT: f64 = 1e6;
+}
+
+/// Operations per commit: 0 (a liveness-only commit) to 10,000.
+#[derive(Debug)]
+pub enum BatchOps {}
+
+impl Buckets for BatchOps {
+    const BOUNDS: &'static [u64] = &[
+        0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000,
+    ];
+    const PER_UNIT: f64 = 1.0;
+}
+
+/// A Prometheus histogram with fixed buckets as relaxed atomics: observing is a binary search
+/// and two `fetch_add`s, and a scrape reads the atomics without stopping the observer (the
+/// Registry). The count is the sum of the buckets, so `_count` always equals the `+Inf`
+/// bucket; `_sum` may lag a concurrent observation by one.
+#[derive(Debug)]
+pub struct Histogram<B> {
+    /// Observations per bucket (not cumulative), `B::BOUNDS.len() + 1` of them, the last
+    /// one `+Inf`.
+    buckets: Box<[AtomicU64]>,
+    sum: AtomicU64,
+    bounds: PhantomData<B>,
+}
+
+impl<B: Buckets> Default for Histogram<B> {
+    fn default() -> Self {
+        Histogram {
+            buckets: (0..=B::BOUNDS.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            bounds: PhantomData,
+        }
+    }
+}
+
+impl<B: Buckets> Histogram<B> {
+    pub fn observe(&self, value: u64) {
+        // The first bound >= value; past the last one, the +Inf bucket.
+        let i = B::BOUNDS.partition_point(|&bound| bound < value);
+        if let Some(bucket) = self.buckets.get(i) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// Read now, in the exported unit.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let counts: Vec<u64> = self.buckets.iter().map(Counters::get).collect();
+        let bounds = B::BOUNDS.iter().map(|&b| b as f64 / B::PER_UNIT);
+        HistogramSnapshot {
+            count: counts.iter().sum(),
+            sum: Counters::get(&self.sum) as f64 / B::PER_UNIT,
+            buckets: bounds.chain([f64::INFINITY]).zip(counts).collect(),
+        }
+    }
+}
+
+/// A histogram as read: `buckets` are (upper bound, observations in that bucket alone) as
+/// `prometheus-client` takes them (it makes them cumulative), the last bound `+Inf`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    pub sum: f64,
+    pub count: u64,
+    pub buckets: Vec<(f64, u64)>,
 }
 
 /// The windows of the load averages, as Mosquitto names them.
@@ -192,8 +351,8 @@ impl SysLoad {
     pub fn new(counters: &Counters) -> SysLoad {
         SysLoad {
             at: std::time::Instant::now(),
-            messages_received: LoadAverage::new(Counters::get(&counters.messages_received)),
-            messages_sent: LoadAverage::new(Counters::get(&counters.messages_sent)),
+            messages_received: LoadAverage::new(counters.messages_received.total()),
+            messages_sent: LoadAverage::new(counters.messages_sent.total()),
             connections: LoadAverage::new(Counters::get(&counters.connects_received)),
         }
     }
@@ -204,9 +363,9 @@ impl SysLoad {
         let elapsed = now.duration_since(self.at);
         self.at = now;
         self.messages_received
-            .update(Counters::get(&counters.messages_received), elapsed);
+            .update(counters.messages_received.total(), elapsed);
         self.messages_sent
-            .update(Counters::get(&counters.messages_sent), elapsed);
+            .update(counters.messages_sent.total(), elapsed);
         self.connections
             .update(Counters::get(&counters.connects_received), elapsed);
     }
@@ -295,6 +454,52 @@ mod tests {
         let mut load = LoadAverage::new(5);
         load.update(10, Duration::ZERO);
         assert_eq!(load, LoadAverage::new(5));
+    }
+
+    #[test]
+    fn histogram_buckets_are_inclusive_upper_bounds() {
+        let h = Histogram::<BatchOps>::default();
+        for value in [0, 1, 2, 3, 5, 6, 10_000, 10_001, u64::MAX / 2] {
+            h.observe(value);
+        }
+        let s = h.snapshot();
+        assert_eq!(s.count, 9);
+        assert_eq!(s.buckets.len(), BatchOps::BOUNDS.len() + 1);
+        let count_at = |bound: f64| s.buckets.iter().find(|(b, _)| *b == bound).unwrap().1;
+        // `le` is inclusive: 5 is in the 5 bucket, 3 in it too, 6 in the 10 bucket.
+        assert_eq!(count_at(0.0), 1);
+        assert_eq!(count_at(1.0), 1);
+        assert_eq!(count_at(2.0), 1);
+        assert_eq!(count_at(5.0), 2);
+        assert_eq!(count_at(10.0), 1);
+        assert_eq!(count_at(10_000.0), 1);
+        assert_eq!(count_at(f64::INFINITY), 2);
+        assert_eq!(s.buckets.iter().map(|(_, n)| n).sum::<u64>(), s.count);
+    }
+
+    #[test]
+    fn commit_durations_are_exported_in_seconds() {
+        let h = Histogram::<CommitMicros>::default();
+        h.observe(1_500);
+        h.observe(100);
+        let s = h.snapshot();
+        assert_eq!(s.count, 2);
+        assert!(close(s.sum, 0.0016), "{}", s.sum);
+        assert_eq!(s.buckets[0], (0.0001, 1));
+        // 1.5 ms: in the 2.5 ms bucket.
+        let (bound, n) = s.buckets[4];
+        assert!(close(bound, 0.0025) && n == 1, "{:?}", s.buckets);
+        assert!(BatchOps::BOUNDS.is_sorted() && CommitMicros::BOUNDS.is_sorted());
+    }
+
+    #[test]
+    fn by_qos_counts_each_level_and_sums() {
+        let c = ByQos::default();
+        c.add(QoS::AtMostOnce);
+        c.add(QoS::ExactlyOnce);
+        c.add(QoS::ExactlyOnce);
+        assert_eq!(c.read(), [1, 0, 2]);
+        assert_eq!(c.total(), 3);
     }
 
     #[test]

@@ -41,8 +41,8 @@ use crate::messages::{
     SubscribeOutcome, SubscribeReply, Unregister, Unsubscribe,
 };
 use crate::messages::{
-    ClientSummary, ConnectionInfo, GetClient, Kick, Kicked, ListClients, ListSessions, Page,
-    SessionSummary,
+    ClientSummary, ConnectionInfo, GetClient, Kick, Kicked, ListClients, ListRetained,
+    ListSessions, Page, RetainedSummary, SessionSummary,
 };
 use crate::mqtt::{QoS, ReasonCode, RetainHandling, topic};
 use crate::persist::{StoreOp, StoredState, StoredWill, session_deadline};
@@ -267,14 +267,18 @@ impl Registry {
         let Some((ops, waiting)) = self.journal.take_batch() else {
             return;
         };
+        self.counters.commit_batch_ops.observe(ops.len() as u64);
         let commit = Commit {
             ops,
             alive_at_ms: unix_millis(),
         };
+        let sent_at = std::time::Instant::now();
         self.db
             .send(commit)
             .into_actor(self)
             .map(move |result, act, ctx| {
+                let took = u64::try_from(sent_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+                act.counters.commit_duration.observe(took);
                 let committed = match result {
                     Ok(Ok(())) => true,
                     Ok(Err(e)) => {
@@ -414,11 +418,8 @@ impl Registry {
             ("clients/connected", self.clients.len().to_string()),
             ("subscriptions/count", self.subscriptions.len().to_string()),
             ("retained messages/count", self.retained.len().to_string()),
-            (
-                "messages/received",
-                Counters::get(&c.messages_received).to_string(),
-            ),
-            ("messages/sent", Counters::get(&c.messages_sent).to_string()),
+            ("messages/received", c.messages_received.total().to_string()),
+            ("messages/sent", c.messages_sent.total().to_string()),
         ]
         .map(|(name, value)| (name.to_string(), value));
         let values: Vec<(String, String)> = values.into_iter().chain(self.load.values()).collect();
@@ -1102,6 +1103,8 @@ impl Handler<crate::messages::Gauges> for Registry {
             subscriptions: self.subscriptions.len(),
             retained_messages: self.retained.len(),
             persistent_sessions: self.kept.len(),
+            // O(persistent sessions), once per scrape.
+            queued_messages: self.kept.values().map(|k| k.unacked.len()).sum(),
         }
     }
 }
@@ -1198,6 +1201,29 @@ impl Handler<ListSessions> for Registry {
             total: self.kept.len(),
             items,
         })
+    }
+}
+
+impl Handler<ListRetained> for Registry {
+    type Result = MessageResult<ListRetained>;
+
+    fn handle(&mut self, msg: ListRetained, _: &mut Context<Self>) -> Self::Result {
+        let topics: Vec<&str> = self.retained.values().map(|m| &*m.topic).collect();
+        let total = topics.len();
+        let items = page_of(topics, msg.offset, msg.limit)
+            .into_iter()
+            .filter_map(|topic| {
+                let message = self.retained.get(topic)?;
+                Some(RetainedSummary {
+                    topic: topic.to_owned(),
+                    payload_bytes: message.payload.len(),
+                    qos: message.qos as u8,
+                    publisher: message.publisher.to_string(),
+                    expires_at_ms: message.expires_at_ms,
+                })
+            })
+            .collect();
+        MessageResult(Page { total, items })
     }
 }
 

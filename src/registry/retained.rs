@@ -147,6 +147,11 @@ impl<T: Clone> RetainedStore<T> {
         }
     }
 
+    /// Every retained value, in no particular order: O(topic levels stored).
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.nodes.iter().filter_map(|node| node.value.as_ref())
+    }
+
     /// Number of retained messages.
     pub fn len(&self) -> usize {
         self.len
@@ -277,10 +282,14 @@ mod tests {
         assert_eq!(store.remove("a/b"), None);
         assert_eq!(store.get("a/b/c").map(String::as_str), Some("a/b/c"));
         assert_eq!(store.node_count(), 4);
+        let mut values: Vec<&str> = store.values().map(String::as_str).collect();
+        values.sort_unstable();
+        assert_eq!(values, ["a/b/c", "x"], "removed values are not listed");
         store.remove("a/b/c");
         store.remove("x");
         assert!(store.is_empty());
         assert_eq!(store.node_count(), 0);
+        assert_eq!(store.values().count(), 0);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::config::AclDefault;
 use crate::messages::{Authenticate, ConnectionInfo, LoadAcl, RecordConnect, Register, Registered};
 use crate::mqtt::{Ack, ConnAck, Connect, Packet, Properties, ProtocolVersion, topic};
 use crate::persist::StoredWill;
+use crate::stats::Counters;
 
 /// What CONNACK has to tell the client beyond success.
 struct Accepted {
@@ -64,6 +65,7 @@ impl Session {
         }
         // Checked before any password is hashed, so a brute force costs the broker little.
         if self.shared.sources.is_banned(self.peer.ip()) {
+            Counters::add(&self.shared.counters.logins_banned);
             return Err(SessionError::Banned);
         }
         // A certificate identity checks no password, so only password logins are banned.
@@ -72,6 +74,7 @@ impl Session {
             .as_deref()
             .is_some_and(|name| self.shared.user_failures.is_banned(name))
         {
+            Counters::add(&self.shared.counters.logins_banned);
             return Err(SessionError::UserBanned);
         }
         if self.shared.flapping.is_banned(&client_id) {
@@ -234,6 +237,7 @@ impl Session {
                         error!("{}: cannot accept the connection: {why}", act.peer);
                     }
                     SessionError::BadCredentials => {
+                        Counters::add(&act.shared.counters.auth_failures);
                         let limits = &act.shared.config.limits;
                         let ban = std::time::Duration::from_secs(limits.auth_ban);
                         let max = limits.max_auth_failures_per_ip;

@@ -163,7 +163,8 @@ impl Session {
                 client.inflight.insert(id, state);
             }
         }
-        Counters::add(&counters.messages_sent);
+        counters.messages_sent.add(delivery.qos);
+        Counters::add_n(&counters.bytes_sent, message.payload.len());
         self.send(packet);
         None
     }

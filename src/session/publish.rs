@@ -28,7 +28,9 @@ impl Session {
     ) -> Result<(), SessionError> {
         let receive_maximum = self.shared.config.limits.receive_maximum;
         let alias_maximum = self.shared.config.limits.topic_alias_maximum;
-        Counters::add(&self.shared.counters.messages_received);
+        let counters = &self.shared.counters;
+        counters.messages_received.add(publish.qos);
+        Counters::add_n(&counters.bytes_received, publish.payload.len());
         let Some(client) = self.client.as_mut() else {
             return Ok(());
         };

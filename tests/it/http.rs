@@ -71,6 +71,13 @@ fn sample(text: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
 }
 
+/// `sample` for a float value (a histogram's `_sum`).
+fn sample_f64(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
+}
+
 async fn scrape(addr: SocketAddr) -> String {
     let (status, headers, body) = get(addr, "/metrics").await;
     assert_eq!(status, 200, "{body}");
@@ -96,6 +103,13 @@ async fn metrics_follow_clients_subscriptions_and_publishes() {
         "# TYPE mqttd_subscriptions gauge",
         "# TYPE mqttd_retained_messages gauge",
         "# TYPE mqttd_persistent_sessions gauge",
+        "# TYPE mqttd_queued_messages gauge",
+        "# TYPE mqttd_bytes_received_total counter",
+        "# TYPE mqttd_bytes_sent_total counter",
+        "# TYPE mqttd_auth_failures_total counter",
+        "# TYPE mqttd_logins_banned_total counter",
+        "# TYPE mqttd_commit_duration_seconds histogram",
+        "# TYPE mqttd_commit_batch_ops histogram",
         "# TYPE mqttd_uptime_seconds gauge",
         "# TYPE mqttd_build_info gauge",
         concat!(
@@ -106,12 +120,17 @@ async fn metrics_follow_clients_subscriptions_and_publishes() {
     ] {
         assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
     }
-    assert_eq!(sample(&text, "mqttd_messages_received_total"), 0);
+    for qos in 0..3 {
+        let received = format!("mqttd_messages_received_total{{qos=\"{qos}\"}}");
+        assert_eq!(sample(&text, &received), 0);
+    }
+    assert_eq!(sample(&text, "mqttd_bytes_received_total"), 0);
     assert_eq!(sample(&text, "mqttd_clients_connected"), 0);
     assert_eq!(sample(&text, "mqttd_connections"), 0);
 
-    // A persistent session with one subscription, which publishes a QoS 1 message (PUBACK:
-    // the broker has counted and routed it).
+    // A persistent session with one QoS 1 subscription, which publishes a QoS 1 message to
+    // itself (PUBACK: the broker has counted, stored and routed it), and does not acknowledge
+    // the copy it gets: it stays queued for the session.
     let mut client = Client::open(broker.addr, V5).await;
     let Packet::Connect(mut connect) = connect(V5, "metered") else {
         unreachable!()
@@ -126,14 +145,20 @@ async fn metrics_follow_clients_subscriptions_and_publishes() {
         .send(Packet::Subscribe(Subscribe {
             packet_id: 1,
             properties: Properties::default(),
-            filters: vec![("metered/#".into(), SubscriptionOptions::default())],
+            filters: vec![(
+                "metered/#".into(),
+                SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+            )],
         }))
         .await;
     client
         .expect(Packet::SubAck(SubAck {
             packet_id: 1,
             properties: Properties::default(),
-            reasons: vec![ReasonCode::Success],
+            reasons: vec![ReasonCode::GrantedQoS1],
         }))
         .await;
     client
@@ -141,27 +166,178 @@ async fn metrics_follow_clients_subscriptions_and_publishes() {
             dup: false,
             qos: QoS::AtLeastOnce,
             retain: true,
-            topic: "elsewhere".into(),
+            topic: "metered/a".into(),
             packet_id: Some(2),
             properties: Properties::default(),
             payload: Bytes::from_static(b"hello"),
         })))
         .await;
-    client
-        .expect(Packet::PubAck(Ack {
-            packet_id: 2,
-            reason: ReasonCode::Success,
-            properties: Properties::default(),
-        }))
-        .await;
+    // The PUBACK and the delivered copy, in either order.
+    let mut delivered_id = None;
+    let mut acked = false;
+    while delivered_id.is_none() || !acked {
+        match client.recv().await {
+            Some(Ok(Packet::PubAck(ack))) if ack.packet_id == 2 => acked = true,
+            Some(Ok(Packet::Publish(p))) if &p.payload[..] == b"hello" => {
+                delivered_id = p.packet_id;
+            }
+            other => panic!("expected PUBACK and PUBLISH, got {other:?}"),
+        }
+    }
 
     let text = scrape(http).await;
-    assert_eq!(sample(&text, "mqttd_messages_received_total"), 1);
+    assert_eq!(sample(&text, "mqttd_messages_received_total{qos=\"0\"}"), 0);
+    assert_eq!(sample(&text, "mqttd_messages_received_total{qos=\"1\"}"), 1);
+    assert_eq!(sample(&text, "mqttd_messages_sent_total{qos=\"1\"}"), 1);
+    assert_eq!(sample(&text, "mqttd_bytes_received_total"), 5);
+    assert_eq!(sample(&text, "mqttd_bytes_sent_total"), 5);
+    assert_eq!(sample(&text, "mqttd_queued_messages"), 1);
+    // Persistent-session state was committed (at CONNECT, SUBSCRIBE and the message).
+    let commits = sample(&text, "mqttd_commits_total");
+    assert!(commits > 0, "{text}");
+    assert!(
+        sample(&text, "mqttd_commit_duration_seconds_count") > 0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "mqttd_commit_duration_seconds_bucket{le=\"+Inf\"}") > 0,
+        "{text}"
+    );
+    assert!(sample(&text, "mqttd_commit_batch_ops_count") > 0, "{text}");
+    assert!(
+        sample_f64(&text, "mqttd_commit_batch_ops_sum") >= 1.0,
+        "{text}"
+    );
     assert_eq!(sample(&text, "mqttd_connections"), 1);
     assert_eq!(sample(&text, "mqttd_clients_connected"), 1);
     assert_eq!(sample(&text, "mqttd_subscriptions"), 1);
     assert_eq!(sample(&text, "mqttd_retained_messages"), 1);
     assert_eq!(sample(&text, "mqttd_persistent_sessions"), 1);
+
+    // Once acknowledged, nothing is queued.
+    client
+        .send(Packet::PubAck(Ack {
+            packet_id: delivered_id.unwrap(),
+            reason: ReasonCode::Success,
+            properties: Properties::default(),
+        }))
+        .await;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while sample(&scrape(http).await, "mqttd_queued_messages") != 0 {
+        assert!(std::time::Instant::now() < deadline, "still queued");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(client);
+}
+
+#[tokio::test]
+async fn failed_and_banned_logins_are_counted() {
+    let broker = start_broker_with(|c| {
+        c.http = Some(HttpConfig::new("127.0.0.1:0".parse().unwrap()));
+        c.limits.max_auth_failures_per_user = 2;
+    });
+    let http = broker.http_addr.unwrap();
+    mqttd::db::users::add_user(&broker.db_path.to_string_lossy(), "ann", "pw").unwrap();
+    let text = scrape(http).await;
+    assert_eq!(sample(&text, "mqttd_auth_failures_total"), 0);
+    assert_eq!(sample(&text, "mqttd_logins_banned_total"), 0);
+    let addr = broker.addr;
+    let login = |password: &'static str| async move {
+        let mut client = Client::open(addr, V5).await;
+        client
+            .send(connect_with_credentials(V5, "intruder", "ann", password))
+            .await;
+        match client.recv().await {
+            Some(Ok(Packet::ConnAck(ack))) => ack.reason,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    };
+    for _ in 0..2 {
+        assert_eq!(login("wrong").await, ReasonCode::BadUserNameOrPassword);
+    }
+    // The second failure banned the username: even the right password is refused now.
+    assert_eq!(login("pw").await, ReasonCode::Banned);
+    let text = scrape(http).await;
+    assert_eq!(sample(&text, "mqttd_auth_failures_total"), 2);
+    assert_eq!(sample(&text, "mqttd_logins_banned_total"), 1);
+    assert_eq!(sample(&text, "mqttd_connects_received_total"), 3);
+}
+
+#[tokio::test]
+async fn the_admin_api_lists_retained_messages_by_topic() {
+    let (broker, http) = start_with_http();
+    let (status, empty) = get_json(http, "/api/v1/retained").await;
+    assert_eq!(status, 200, "{empty}");
+    assert_eq!(
+        empty,
+        serde_json::json!({"data": [], "meta": {"offset": 0, "limit": 100, "count": 0}})
+    );
+    let mut client = Client::connected(broker.addr, V5, "keeper").await;
+    let properties = Properties {
+        message_expiry_interval: Some(3600),
+        ..Default::default()
+    };
+    for (id, topic, qos, payload, properties) in [
+        (1, "b/2", QoS::AtLeastOnce, "two", properties),
+        (2, "a", QoS::AtLeastOnce, "1", Properties::default()),
+        (3, "b/1", QoS::AtLeastOnce, "three", Properties::default()),
+        (4, "c", QoS::AtLeastOnce, "", Properties::default()),
+    ] {
+        client
+            .send(Packet::Publish(Box::new(Publish {
+                dup: false,
+                qos,
+                retain: true,
+                topic: topic.into(),
+                packet_id: Some(id),
+                properties,
+                payload: Bytes::from(payload),
+            })))
+            .await;
+        client
+            .expect(Packet::PubAck(Ack {
+                packet_id: id,
+                reason: ReasonCode::Success,
+                properties: Properties::default(),
+            }))
+            .await;
+    }
+    let topics = |listing: &Value| -> Vec<String> {
+        listing["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|m| m["topic"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // An empty payload deletes the retained message of "c" (§3.3.1.3).
+    let (_, all) = get_json(http, "/api/v1/retained").await;
+    assert_eq!(topics(&all), ["a", "b/1", "b/2"]);
+    assert_eq!(all["meta"]["count"], 3);
+    let (_, page) = get_json(http, "/api/v1/retained?offset=1&limit=1").await;
+    assert_eq!(topics(&page), ["b/1"]);
+    assert_eq!(
+        page["meta"],
+        serde_json::json!({"offset": 1, "limit": 1, "count": 3})
+    );
+    let (_, last) = get_json(http, "/api/v1/retained?offset=2").await;
+    let message = &last["data"][0];
+    assert_eq!(message["topic"], "b/2");
+    assert_eq!(message["payload_bytes"], 3);
+    assert_eq!(message["qos"], 1);
+    assert_eq!(message["publisher"], "keeper");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let expires = message["expires_at_ms"].as_i64().expect("an expiry");
+    assert!(
+        (now + 3_500_000..=now + 3_600_000).contains(&expires),
+        "{expires}"
+    );
+    assert_eq!(all["data"][0]["expires_at_ms"], Value::Null);
+    assert!(message.get("payload").is_none(), "never the payload");
+    assert_eq!(get_json(http, "/api/v1/retained?limit=0").await.0, 400);
     drop(client);
 }
 
@@ -488,6 +664,7 @@ async fn an_admin_token_guards_the_api_but_not_metrics_health_or_status() {
     for (method, path) in [
         ("GET", "/api/v1/clients"),
         ("GET", "/api/v1/sessions"),
+        ("GET", "/api/v1/retained"),
         ("GET", "/api/v1/clients/guarded"),
         ("DELETE", "/api/v1/clients/guarded"),
     ] {

@@ -4,6 +4,7 @@
 mod abuse;
 mod acl;
 mod bench;
+mod browser;
 mod cli;
 mod common;
 mod connect;
