@@ -416,6 +416,18 @@ impl Registry {
                 format!("{} seconds", self.started_at.elapsed().as_secs()),
             ),
             ("clients/connected", self.clients.len().to_string()),
+            // Mosquitto's meaning: connected clients plus persistent sessions without a
+            // connection.
+            (
+                "clients/total",
+                (self.clients.len()
+                    + self
+                        .kept
+                        .keys()
+                        .filter(|id| !self.clients.contains_key(*id))
+                        .count())
+                .to_string(),
+            ),
             ("subscriptions/count", self.subscriptions.len().to_string()),
             ("retained messages/count", self.retained.len().to_string()),
             ("messages/received", c.messages_received.total().to_string()),

@@ -983,6 +983,10 @@ async fn sys_topics_report_the_broker_state() {
         && seen
             .get("$SYS/broker/clients/connected")
             .is_some_and(|v| v == "2")
+        // No persistent session is offline, so the total is the connected clients.
+        && seen
+            .get("$SYS/broker/clients/total")
+            .is_some_and(|v| v == "2")
         && seen
             .get("$SYS/broker/messages/received")
             .is_some_and(|v| v != "0"))
