@@ -4,7 +4,11 @@
 //!   version 0.0.4 (encoded by `prometheus-client`).
 //! - `GET /healthz`: `200 ok` when the Registry and the database both answer within
 //!   [`HEALTH_TIMEOUT`], else `503` with one line per problem.
-//! - `GET /`: a small HTML status page with the same numbers as `/metrics`.
+//! - `GET /`: a small HTML status page with the same numbers as `/metrics`; its script
+//!   (`GET /status.js`, served from this binary, no library) polls `GET /api/v1/stats` every
+//!   second, updates the numbers in place and charts the message rates of the last minute.
+//! - `GET /api/v1/stats`: that snapshot as JSON. Like `/` and `/metrics` it needs no token:
+//!   it holds counts only, nothing `/metrics` does not show.
 //! - The admin API, JSON under `/api/v1/` (in the manner of EMQX's): `GET clients`,
 //!   `GET sessions` and `GET retained` (pages of at most [`MAX_LIMIT`], `?offset=&limit=`),
 //!   `GET clients/{id}`, and `DELETE clients/{id}`, which closes that client's connection with
@@ -176,8 +180,11 @@ pub async fn start(
             .service(web::resource("/").route(web::get().to(status_page)))
             .service(web::resource("/metrics").route(web::get().to(metrics)))
             .service(web::resource("/healthz").route(web::get().to(healthz)))
+            .service(web::resource("/status.js").route(web::get().to(status_script)))
             .service(
                 web::scope("/api/v1")
+                    // Not behind `Admin`: the status page reads it (see `stats`).
+                    .service(web::resource("/stats").route(web::get().to(stats)))
                     .service(web::resource("/clients").route(web::get().to(list_clients)))
                     .service(web::resource("/sessions").route(web::get().to(list_sessions)))
                     .service(web::resource("/retained").route(web::get().to(list_retained)))
@@ -207,7 +214,7 @@ pub async fn start(
     Ok(HttpServer { local_addr, handle })
 }
 
-/// What `/metrics` and `/` report. `path` names the page in a warning.
+/// What `/metrics`, `/` and `/api/v1/stats` report. `path` names the page in a warning.
 async fn snapshot(state: &State, path: &str) -> Snapshot {
     let shared = &state.shared;
     let registry = match tokio::time::timeout(REGISTRY_TIMEOUT, shared.registry.send(Gauges)).await
@@ -303,6 +310,65 @@ async fn status_page(state: web::Data<State>) -> HttpResponse {
         .body(render_status(&snapshot))
 }
 
+/// The status page's script: plain JavaScript, served by mqttd itself so that the page works
+/// without access to the Internet (no CDN) and loads nothing from another origin.
+const STATUS_SCRIPT: &str = include_str!("status.js");
+
+async fn status_script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(STATUS_SCRIPT)
+}
+
+/// `GET /api/v1/stats`: the snapshot of `/metrics` as JSON, for the status page. It needs no
+/// admin token: it holds only counts that `/metrics` already shows to anyone.
+async fn stats(state: web::Data<State>) -> HttpResponse {
+    let snapshot = snapshot(&state, "/api/v1/stats").await;
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(stats_json(&snapshot))
+}
+
+/// `{"version", "uptime_seconds", "connections", <the Registry's gauges, null when it did not
+/// answer>, <each counter>, "messages_received"/"messages_sent": {"total", "qos0".."qos2"},
+/// "commit_duration_seconds"/"commit_batch_ops": {"count", "sum"}}`. The keys are the
+/// `data-key`s of the status page's cells.
+fn stats_json(s: &Snapshot) -> serde_json::Value {
+    use serde_json::{Map, Value, json};
+    let mut out = Map::new();
+    out.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+    out.insert("uptime_seconds".into(), json!(s.uptime.as_secs()));
+    out.insert("connections".into(), json!(s.connections));
+    let g = s.registry;
+    for (key, value) in [
+        ("clients_connected", g.map(|g| g.clients)),
+        ("subscriptions", g.map(|g| g.subscriptions)),
+        ("retained_messages", g.map(|g| g.retained_messages)),
+        ("persistent_sessions", g.map(|g| g.persistent_sessions)),
+        ("queued_messages", g.map(|g| g.queued_messages)),
+    ] {
+        out.insert(key.into(), json!(value));
+    }
+    for (name, _, [qos0, qos1, qos2]) in s.by_qos {
+        let total = qos0 + qos1 + qos2;
+        out.insert(
+            name.into(),
+            json!({ "total": total, "qos0": qos0, "qos1": qos1, "qos2": qos2 }),
+        );
+    }
+    for (name, _, value) in s.counters {
+        out.insert(name.into(), json!(value));
+    }
+    for (key, h) in [
+        ("commit_duration_seconds", &s.commit_duration),
+        ("commit_batch_ops", &s.commit_batch_ops),
+    ] {
+        out.insert(key.into(), json!({ "count": h.count, "sum": h.sum }));
+    }
+    Value::Object(out)
+}
+
 /// `1d 2h 3m 4s`, leading zero units left out.
 fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -324,15 +390,20 @@ fn escape_html(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The status page: a plain HTML table, no script, no external resources.
+/// The status page: a plain HTML table, filled in on the server so that it reads without
+/// script, and `/status.js`, which polls `/api/v1/stats` and updates each `data-key` cell (the
+/// JSON's keys) in place, and draws the message rates on the canvas. Nothing from elsewhere.
 fn render_status(s: &Snapshot) -> String {
-    let mut rows: Vec<(String, String, String)> = vec![
+    // (data-key, name, value, help as HTML)
+    let mut rows: Vec<(String, String, String, String)> = vec![
         (
+            "uptime_seconds".into(),
             "uptime".into(),
             format!("{} ({} s)", human_duration(s.uptime), s.uptime.as_secs()),
             "Time since the broker started".into(),
         ),
         (
+            "connections".into(),
             "connections".into(),
             s.connections.to_string(),
             "Open network connections over all listeners, CONNECT done or not".into(),
@@ -343,55 +414,71 @@ fn render_status(s: &Snapshot) -> String {
             .as_ref()
             .map_or_else(|| "unavailable".to_string(), |g| value(g).to_string())
     };
-    for (name, value, help) in [
+    for (key, name, value, help) in [
         (
+            "clients_connected",
             "clients connected",
             registry(|g| g.clients),
             "Clients connected and registered",
         ),
         (
             "subscriptions",
+            "subscriptions",
             registry(|g| g.subscriptions),
             "Subscriptions of all clients, offline persistent sessions included",
         ),
         (
+            "retained_messages",
             "retained messages",
             registry(|g| g.retained_messages),
             "Topics with a retained message",
         ),
         (
+            "persistent_sessions",
             "persistent sessions",
             registry(|g| g.persistent_sessions),
             "Persistent sessions, connected or not",
         ),
         (
+            "queued_messages",
             "queued messages",
             registry(|g| g.queued_messages),
             "QoS 1/2 messages stored for persistent sessions, not yet acknowledged",
         ),
     ] {
-        rows.push((name.into(), value, help.into()));
+        rows.push((key.into(), name.into(), value, escape_html(help)));
     }
     for (name, help, [qos0, qos1, qos2]) in s.by_qos {
         rows.push((
+            name.into(),
             name.replace('_', " "),
             (qos0 + qos1 + qos2).to_string(),
-            format!("{help} (QoS 0: {qos0}, 1: {qos1}, 2: {qos2})"),
+            format!(
+                "{} (<span data-qos=\"{name}\">QoS 0: {qos0}, 1: {qos1}, 2: {qos2}</span>)",
+                escape_html(help)
+            ),
         ));
     }
     for (name, help, value) in s.counters {
-        rows.push((name.replace('_', " "), value.to_string(), help.into()));
+        rows.push((
+            name.into(),
+            name.replace('_', " "),
+            value.to_string(),
+            escape_html(help),
+        ));
     }
     let mean = |h: &HistogramSnapshot, scale: f64, unit: &str| match h.count {
         0 => "none".to_string(),
         n => format!("{:.2}{unit}", h.sum * scale / n as f64),
     };
     rows.push((
+        "commit_duration_seconds".into(),
         "commit duration".into(),
         mean(&s.commit_duration, 1000.0, " ms"),
         "Mean time of a group commit, from sending it to the database to its answer".into(),
     ));
     rows.push((
+        "commit_batch_ops".into(),
         "commit batch ops".into(),
         mean(&s.commit_batch_ops, 1.0, ""),
         "Mean journal operations per group commit".into(),
@@ -402,20 +489,29 @@ fn render_status(s: &Snapshot) -> String {
          body {{ font-family: sans-serif; margin: 2em; }}\n\
          td, th {{ padding: 0.2em 1em; text-align: left; }}\n\
          td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}\n\
-         </style>\n</head>\n<body>\n<h1>mqttd {version}</h1>\n<table>\n",
+         #chart {{ border: 1px solid #ccc; }}\n\
+         .received {{ color: #1f77b4; }} .sent {{ color: #d62728; }}\n\
+         </style>\n<script src=\"/status.js\" defer></script>\n</head>\n<body>\n\
+         <h1>mqttd {version}</h1>\n\
+         <p>Messages per second over the last minute: <span class=\"received\">received \
+         <b id=\"rate-received\">-</b></span>, <span class=\"sent\">sent \
+         <b id=\"rate-sent\">-</b></span>. <span id=\"poll-status\"></span></p>\n\
+         <canvas id=\"chart\" width=\"600\" height=\"160\"></canvas>\n<table>\n",
         version = escape_html(env!("CARGO_PKG_VERSION")),
     );
-    for (name, value, help) in rows {
+    for (key, name, value, help) in rows {
         html.push_str(&format!(
-            "<tr><th>{}</th><td class=\"n\">{}</td><td>{}</td></tr>\n",
+            "<tr><th>{}</th><td class=\"n\" data-key=\"{}\">{}</td><td>{}</td></tr>\n",
             escape_html(&name),
+            escape_html(&key),
             escape_html(&value),
-            escape_html(&help)
+            help
         ));
     }
     html.push_str(
         "</table>\n<p>Also: <a href=\"/metrics\">/metrics</a> (Prometheus), \
-         <a href=\"/healthz\">/healthz</a>.</p>\n</body>\n</html>\n",
+         <a href=\"/healthz\">/healthz</a>, <a href=\"/api/v1/stats\">/api/v1/stats</a> \
+         (JSON).</p>\n</body>\n</html>\n",
     );
     html
 }
@@ -819,26 +915,71 @@ mod tests {
         assert!(html.starts_with("<!DOCTYPE html>"));
         assert!(html.contains(concat!("<h1>mqttd ", env!("CARGO_PKG_VERSION"), "</h1>")));
         for row in [
-            "<tr><th>uptime</th><td class=\"n\">1m 1s (61 s)</td>",
-            "<tr><th>connections</th><td class=\"n\">3</td>",
-            "<tr><th>clients connected</th><td class=\"n\">2</td>",
-            "<tr><th>subscriptions</th><td class=\"n\">5</td>",
-            "<tr><th>retained messages</th><td class=\"n\">7</td>",
-            "<tr><th>persistent sessions</th><td class=\"n\">1</td>",
-            "<tr><th>queued messages</th><td class=\"n\">4</td>",
-            "<tr><th>messages received</th><td class=\"n\">2</td>",
-            "(QoS 0: 1, 1: 1, 2: 0)",
-            "<tr><th>bytes received</th><td class=\"n\">12</td>",
-            "<tr><th>commit duration</th><td class=\"n\">10.75 ms</td>",
-            "<tr><th>commit batch ops</th><td class=\"n\">3.00</td>",
-            "<tr><th>dropped qos0</th><td class=\"n\">0</td>",
+            "<tr><th>uptime</th><td class=\"n\" data-key=\"uptime_seconds\">1m 1s (61 s)</td>",
+            "<tr><th>connections</th><td class=\"n\" data-key=\"connections\">3</td>",
+            "<tr><th>clients connected</th><td class=\"n\" data-key=\"clients_connected\">2</td>",
+            "<tr><th>subscriptions</th><td class=\"n\" data-key=\"subscriptions\">5</td>",
+            "<tr><th>retained messages</th><td class=\"n\" data-key=\"retained_messages\">7</td>",
+            "<tr><th>persistent sessions</th><td class=\"n\" data-key=\"persistent_sessions\">1</td>",
+            "<tr><th>queued messages</th><td class=\"n\" data-key=\"queued_messages\">4</td>",
+            "<tr><th>messages received</th><td class=\"n\" data-key=\"messages_received\">2</td>",
+            "(<span data-qos=\"messages_received\">QoS 0: 1, 1: 1, 2: 0</span>)",
+            "<tr><th>bytes received</th><td class=\"n\" data-key=\"bytes_received\">12</td>",
+            "<tr><th>commit duration</th><td class=\"n\" data-key=\"commit_duration_seconds\">10.75 ms</td>",
+            "<tr><th>commit batch ops</th><td class=\"n\" data-key=\"commit_batch_ops\">3.00</td>",
+            "<tr><th>dropped qos0</th><td class=\"n\" data-key=\"dropped_qos0\">0</td>",
             "the subscriber's queue was full",
+            "<script src=\"/status.js\" defer></script>",
+            "<canvas id=\"chart\"",
         ] {
             assert!(html.contains(row), "{row:?} not in\n{html}");
         }
-        assert!(!html.contains("<script"));
+        // Nothing from another origin: the one script is mqttd's own.
+        assert_eq!(html.matches("<script").count(), 1);
+        assert!(!html.contains("http://") && !html.contains("https://"));
         let html = render_status(&snapshot(None));
-        assert!(html.contains("<tr><th>clients connected</th><td class=\"n\">unavailable</td>"));
+        assert!(html.contains(
+            "<tr><th>clients connected</th><td class=\"n\" data-key=\"clients_connected\">unavailable</td>"
+        ));
+    }
+
+    #[test]
+    fn stats_json_has_the_status_page_keys() {
+        let gauges = RegistryGauges {
+            clients: 2,
+            subscriptions: 5,
+            retained_messages: 7,
+            persistent_sessions: 1,
+            queued_messages: 4,
+        };
+        let s = snapshot(Some(gauges));
+        let json = stats_json(&s);
+        assert_eq!(json["uptime_seconds"], 61);
+        assert_eq!(json["connections"], 3);
+        assert_eq!(json["clients_connected"], 2);
+        assert_eq!(json["queued_messages"], 4);
+        assert_eq!(
+            json["messages_received"],
+            serde_json::json!({ "total": 2, "qos0": 1, "qos1": 1, "qos2": 0 })
+        );
+        assert_eq!(json["bytes_received"], 12);
+        assert_eq!(json["commit_duration_seconds"]["count"], 2);
+        assert_eq!(json["commit_batch_ops"]["sum"], 3.0);
+        // Every value cell of the page has its key, and every key its cell.
+        let html = render_status(&s);
+        let keys: Vec<&str> = html
+            .split("data-key=\"")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap())
+            .collect();
+        let object = json.as_object().unwrap();
+        assert_eq!(keys.len() + 1, object.len(), "{keys:?}"); // + "version"
+        for key in keys {
+            assert!(object.contains_key(key), "{key}");
+        }
+        let json = stats_json(&snapshot(None));
+        assert!(json["clients_connected"].is_null());
+        assert_eq!(json["connections"], 3);
     }
 
     #[test]

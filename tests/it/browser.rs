@@ -3,6 +3,9 @@
 //! hears back from a TCP client. The page and the bundle come from a tiny HTTP server in this
 //! file, and the page reports its outcome to it with one GET /result, which the test awaits.
 //!
+//! Also the status page of mqttd's `[http]` endpoint, whose own script reports to the same
+//! server.
+//!
 //! Needs `chromium` on the PATH and the bundle at $MQTTJS_BUNDLE or at `default_bundle()`;
 //! .ci/run installs both. Skipped with a notice without them, unless MQTTD_REQUIRE_INTEROP is
 //! set.
@@ -14,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mqttd::config::ListenerConfig;
+use mqttd::config::{HttpConfig, ListenerConfig};
 use mqttd::mqtt::{
     Ack, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe,
     SubscriptionOptions,
@@ -49,37 +52,49 @@ fn browser_and_bundle() -> Option<Bytes> {
     let bundle_path = std::env::var_os("MQTTJS_BUNDLE")
         .map(PathBuf::from)
         .unwrap_or_else(default_bundle);
-    let chromium = Command::new("chromium")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    let missing = match (chromium, std::fs::read(&bundle_path)) {
+    let missing = match (has_chromium(), std::fs::read(&bundle_path)) {
         (true, Ok(bundle)) => return Some(bundle.into()),
-        (false, _) => "chromium (apt-get install chromium)".to_owned(),
+        (false, _) => CHROMIUM.to_owned(),
         (true, Err(e)) => format!(
             "MQTT.js's bundle at {} ({e}; .ci/run fetches it, or set MQTTJS_BUNDLE)",
             bundle_path.display()
         ),
     };
+    skip(&missing);
+    None
+}
+
+const CHROMIUM: &str = "chromium (apt-get install chromium)";
+
+fn has_chromium() -> bool {
+    Command::new("chromium")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Fails under MQTTD_REQUIRE_INTEROP (CI), else notes that the test is skipped.
+fn skip(missing: &str) {
     assert!(
         std::env::var_os("MQTTD_REQUIRE_INTEROP").is_none(),
         "{missing} is required here"
     );
     eprintln!("{missing} not found: skipped");
-    None
 }
 
-/// What the page reported: `ok` and its detail (the messages received, or why it failed).
+/// What the page reported: `ok` and its detail (the messages received, or why it failed),
+/// and `rate` (the status page's messages received per second; empty from the MQTT.js page).
 #[derive(Debug)]
 struct Report {
     ok: bool,
     detail: String,
+    rate: String,
 }
 
 /// The test's HTTP server on 127.0.0.1:0: `/` is the page, `/mqtt.min.js` the bundle,
-/// `/result?ok=..&detail=..` goes to the returned channel; anything else is 404. One request
+/// `/result?ok=..&detail=..&rate=..` goes to the returned channel; anything else is 404. One request
 /// per connection (`Connection: close`), which is all a test needs. Ends with the runtime.
 async fn serve_page(bundle: Bytes) -> (SocketAddr, mpsc::UnboundedReceiver<Report>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -125,6 +140,7 @@ async fn answer(mut stream: TcpStream, bundle: Bytes, reports: mpsc::UnboundedSe
             let _ = reports.send(Report {
                 ok: field("ok") == "1",
                 detail: field("detail"),
+                rate: field("rate"),
             });
             ("204 No Content", "text/plain", Bytes::new())
         }
@@ -358,4 +374,100 @@ async fn chromium_with_mqtt_js_exchanges_messages_with_a_tcp_client_over_websock
         )
         .await;
     }
+}
+
+/// A raw TCP client that publishes a QoS 0 and a QoS 1 message every 100 ms until aborted,
+/// and a subscriber that takes them at QoS 0, so both rates of the status page move.
+async fn publish_steadily(broker: &TestBroker) -> (tokio::task::JoinHandle<()>, Client) {
+    let mut subscriber = Client::connected(broker.addr, ProtocolVersion::V5, "load-sub").await;
+    subscriber
+        .send(Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: vec![("load/#".to_owned(), SubscriptionOptions::default())],
+        }))
+        .await;
+    subscriber
+        .expect(Packet::SubAck(SubAck {
+            packet_id: 1,
+            properties: Properties::default(),
+            reasons: vec![ReasonCode::Success],
+        }))
+        .await;
+    let mut publisher = Client::connected(broker.addr, ProtocolVersion::V5, "load-pub").await;
+    let task = tokio::spawn(async move {
+        for packet_id in (1..=u16::MAX).cycle() {
+            for (qos, id) in [(QoS::AtMostOnce, None), (QoS::AtLeastOnce, Some(packet_id))] {
+                publisher
+                    .send(Packet::Publish(Box::new(Publish {
+                        dup: false,
+                        qos,
+                        retain: false,
+                        topic: "load/status-page".into(),
+                        packet_id: id,
+                        properties: Properties::default(),
+                        payload: Bytes::from_static(b"tick"),
+                    })))
+                    .await;
+            }
+            match publisher.recv().await {
+                Some(Ok(Packet::PubAck(ack))) if ack.packet_id == packet_id => {}
+                other => panic!("the publisher expected PUBACK {packet_id}, got {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (task, subscriber)
+}
+
+/// The status page at `/` of mqttd's own HTTP endpoint, in Chromium: its script (served by
+/// mqttd, no CDN) polls `/api/v1/stats` and, given `?report=`, tells this test the message rate
+/// it saw once messages flow.
+#[tokio::test]
+async fn the_status_page_polls_the_stats_api_and_sees_messages_flow_in_chromium() {
+    if !has_chromium() {
+        skip(CHROMIUM);
+        return;
+    }
+    let broker = start_broker_with(|c| {
+        c.http = Some(HttpConfig::new("127.0.0.1:0".parse().unwrap()));
+    });
+    let http = broker
+        .http_addr
+        .expect("the broker reports its HTTP address");
+    // Only its /result is used here.
+    let (test_server, mut reports) = serve_page(Bytes::new()).await;
+    let (publisher, _subscriber) = publish_steadily(&broker).await;
+
+    let started = Instant::now();
+    let browser = Browser::launch(&format!(
+        "http://{http}/?report=http://{test_server}/result"
+    ));
+    let report = tokio::time::timeout(BROWSER_TIMEOUT, reports.recv()).await;
+    publisher.abort();
+    let fail = |why: String| -> ! {
+        panic!(
+            "the status page in Chromium: {why}\nChromium's log ends with:\n{}",
+            browser.log_tail()
+        )
+    };
+    let report = match report {
+        Ok(Some(report)) => report,
+        Ok(None) => fail("the test's HTTP server stopped".into()),
+        Err(_) => fail("no report from the page in time".into()),
+    };
+    if !report.ok {
+        fail(format!("the page failed: {}", report.detail));
+    }
+    let rate: f64 = report
+        .rate
+        .parse()
+        .unwrap_or_else(|_| fail(format!("a bad rate in {report:?}")));
+    // Two messages per ~100 ms: about 20/s; > 0 is what matters, the bound catches nonsense.
+    assert!(rate > 0.0 && rate < 1000.0, "{report:?}");
+    eprintln!(
+        "status page in Chromium: {rate} messages/s after {:?}",
+        started.elapsed()
+    );
+    drop(browser);
 }

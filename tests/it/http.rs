@@ -683,7 +683,7 @@ async fn an_admin_token_guards_the_api_but_not_metrics_health_or_status() {
     .await;
     assert_eq!(status, 200);
     assert!(body.contains("\"guarded\""), "{body}");
-    for path in ["/metrics", "/healthz", "/"] {
+    for path in ["/metrics", "/healthz", "/", "/status.js", "/api/v1/stats"] {
         assert_eq!(get(http, path).await.0, 200, "{path}");
     }
 }
@@ -713,13 +713,96 @@ async fn the_status_page_shows_the_broker_at_a_glance() {
     );
     assert!(body.contains(concat!("<h1>mqttd ", env!("CARGO_PKG_VERSION"), "</h1>")));
     for row in [
-        "<th>connections</th><td class=\"n\">1</td>",
-        "<th>clients connected</th><td class=\"n\">1</td>",
-        "<th>persistent sessions</th><td class=\"n\">0</td>",
+        "<th>connections</th><td class=\"n\" data-key=\"connections\">1</td>",
+        "<th>clients connected</th><td class=\"n\" data-key=\"clients_connected\">1</td>",
+        "<th>persistent sessions</th><td class=\"n\" data-key=\"persistent_sessions\">0</td>",
+        "<script src=\"/status.js\" defer></script>",
+        "<canvas id=\"chart\"",
         "<th>messages received</th>",
         "<th>dropped qos0</th>",
     ] {
         assert!(body.contains(row), "{row:?} not in\n{body}");
     }
     assert_eq!(request(http, "POST", "/").await.0, 405);
+    // Its script is mqttd's own, and reads the stats.
+    let (status, headers, script) = get(http, "/status.js").await;
+    assert_eq!(status, 200);
+    assert!(
+        headers.contains("content-type: text/javascript"),
+        "{headers}"
+    );
+    assert!(script.contains("/api/v1/stats"));
+    assert!(!script.contains("http://") && !script.contains("https://"));
+}
+
+#[tokio::test]
+async fn the_stats_api_reports_counters_and_gauges_without_a_token() {
+    // A token is set, as it would be on a network address: the stats need none.
+    let broker = start_broker_with(|c| {
+        let mut http = HttpConfig::new("127.0.0.1:0".parse().unwrap());
+        http.admin_token = Some("s3cret".into());
+        c.http = Some(http);
+    });
+    let http = broker.http_addr.unwrap();
+    let (status, before) = get_json(http, "/api/v1/stats").await;
+    assert_eq!(status, 200, "{before}");
+    assert_eq!(before["version"], env!("CARGO_PKG_VERSION"));
+    for key in [
+        "uptime_seconds",
+        "connections",
+        "clients_connected",
+        "subscriptions",
+        "retained_messages",
+        "persistent_sessions",
+        "queued_messages",
+        "bytes_received",
+        "bytes_sent",
+        "dropped_qos0",
+        "auth_failures",
+    ] {
+        assert!(before[key].is_u64(), "{key} in {before}");
+    }
+    for key in ["messages_received", "messages_sent"] {
+        for field in ["total", "qos0", "qos1", "qos2"] {
+            assert!(before[key][field].is_u64(), "{key}.{field} in {before}");
+        }
+    }
+    for key in ["commit_duration_seconds", "commit_batch_ops"] {
+        assert!(before[key]["count"].is_u64(), "{key} in {before}");
+        assert!(before[key]["sum"].is_number(), "{key} in {before}");
+    }
+    assert_eq!(before["clients_connected"], 0);
+    assert_eq!(before["messages_received"]["total"], 0);
+
+    let mut client = Client::connected(broker.addr, V5, "stats").await;
+    client
+        .send(Packet::Publish(Box::new(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "stats/t".into(),
+            packet_id: Some(1),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"hello"),
+        })))
+        .await;
+    match client.recv().await {
+        Some(Ok(Packet::PubAck(ack))) if ack.packet_id == 1 => {}
+        other => panic!("expected PUBACK 1, got {other:?}"),
+    }
+    let (_, after) = get_json(http, "/api/v1/stats").await;
+    assert_eq!(after["clients_connected"], 1, "{after}");
+    assert_eq!(after["connections"], 1, "{after}");
+    assert_eq!(after["messages_received"]["total"], 1, "{after}");
+    assert_eq!(after["messages_received"]["qos1"], 1, "{after}");
+    assert_eq!(after["bytes_received"], 5, "{after}");
+    // Nothing more than /metrics: counts, no client ids or topics.
+    let text = serde_json::to_string(&after).unwrap();
+    assert!(
+        !text.contains("stats/t") && !text.contains("\"stats\""),
+        "{text}"
+    );
+    let metrics = scrape(http).await;
+    assert_eq!(sample(&metrics, "mqttd_bytes_received_total"), 5);
+    assert_eq!(request(http, "POST", "/api/v1/stats").await.0, 405);
 }
