@@ -689,7 +689,7 @@ async fn kick_client(
 /// Everything one scrape reports.
 struct Snapshot {
     counters: [(&'static str, &'static str, u64); Counters::LEN],
-    by_qos: [(&'static str, &'static str, [u64; 3]); 2],
+    by_qos: [(&'static str, &'static str, [u64; 3]); 4],
     commit_duration: HistogramSnapshot,
     commit_batch_ops: HistogramSnapshot,
     connections: usize,
@@ -812,7 +812,7 @@ mod tests {
         let counters = Counters::default();
         counters.messages_received.add(QoS::AtMostOnce);
         counters.messages_received.add(QoS::AtLeastOnce);
-        Counters::add_n(&counters.bytes_received, 12);
+        counters.bytes_received.add_n(QoS::AtLeastOnce, 12);
         counters.commit_batch_ops.observe(3);
         counters.commit_duration.observe(1_500);
         counters.commit_duration.observe(20_000);
@@ -844,7 +844,9 @@ mod tests {
              mqttd_messages_received_total{qos=\"1\"} 1\n\
              mqttd_messages_received_total{qos=\"2\"} 0\n",
             "# TYPE mqttd_messages_sent_total counter\nmqttd_messages_sent_total{qos=\"0\"} 0\n",
-            "# TYPE mqttd_bytes_received_total counter\nmqttd_bytes_received_total 12\n",
+            "# TYPE mqttd_bytes_received_total counter\n\
+             mqttd_bytes_received_total{qos=\"0\"} 0\n\
+             mqttd_bytes_received_total{qos=\"1\"} 12\n",
             "# TYPE mqttd_auth_failures_total counter\nmqttd_auth_failures_total 0\n",
             "# TYPE mqttd_queued_messages gauge\nmqttd_queued_messages 4\n",
             "# TYPE mqttd_commit_duration_seconds histogram\n\
@@ -886,7 +888,7 @@ mod tests {
         let histograms = CommitMicros::BOUNDS.len() + BatchOps::BOUNDS.len() + 2 * 3;
         assert_eq!(
             samples,
-            Counters::default().all().len() + 7 + 1 + 2 * 3 + histograms,
+            Counters::default().all().len() + 7 + 1 + 4 * 3 + histograms,
             "{text}"
         );
     }
@@ -962,7 +964,7 @@ mod tests {
             json["messages_received"],
             serde_json::json!({ "total": 2, "qos0": 1, "qos1": 1, "qos2": 0 })
         );
-        assert_eq!(json["bytes_received"], 12);
+        assert_eq!(json["bytes_received"]["qos1"], 12);
         assert_eq!(json["commit_duration_seconds"]["count"], 2);
         assert_eq!(json["commit_batch_ops"]["sum"], 3.0);
         // Every value cell of the page has its key, and every key its cell.

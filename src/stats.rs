@@ -37,11 +37,11 @@ pub struct Counters {
     pub messages_received: ByQos,
     /// PUBLISH packets sent to clients, by QoS.
     pub messages_sent: ByQos,
-    /// Payload bytes of the PUBLISH packets received from clients (not packet bytes: the
-    /// payload is what a session has at hand without re-encoding).
-    pub bytes_received: AtomicU64,
-    /// Payload bytes of the PUBLISH packets sent to clients.
-    pub bytes_sent: AtomicU64,
+    /// Payload bytes of the PUBLISH packets received from clients, by QoS (not packet bytes:
+    /// the payload is what a session has at hand without re-encoding).
+    pub bytes_received: ByQos,
+    /// Payload bytes of the PUBLISH packets sent to clients, by the QoS they were sent at.
+    pub bytes_sent: ByQos,
     /// CONNECTs refused for a wrong username or password.
     pub auth_failures: AtomicU64,
     /// CONNECTs refused because their address or username is banned after repeated
@@ -56,7 +56,7 @@ pub struct Counters {
 
 impl Counters {
     /// How many counters there are (the length of [`Counters::all`]).
-    pub const LEN: usize = 15;
+    pub const LEN: usize = 13;
 
     pub fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
@@ -88,24 +88,14 @@ impl Counters {
             commit_batch_ops: _,
             messages_received: _,
             messages_sent: _,
-            bytes_received,
-            bytes_sent,
+            bytes_received: _,
+            bytes_sent: _,
             auth_failures,
             logins_banned,
             connects_received,
             connections_refused,
         } = self;
         [
-            (
-                "bytes_received",
-                "Payload bytes of the PUBLISH packets received from clients",
-                Self::get(bytes_received),
-            ),
-            (
-                "bytes_sent",
-                "Payload bytes of the PUBLISH packets sent to clients",
-                Self::get(bytes_sent),
-            ),
             (
                 "connects_received",
                 "CONNECT packets received, accepted or not",
@@ -176,7 +166,7 @@ impl Counters {
     }
 
     /// The counters labelled by QoS (`mqttd_<name>_total{qos="0"}` ...), read now.
-    pub fn by_qos(&self) -> [(&'static str, &'static str, [u64; 3]); 2] {
+    pub fn by_qos(&self) -> [(&'static str, &'static str, [u64; 3]); 4] {
         [
             (
                 "messages_received",
@@ -188,6 +178,16 @@ impl Counters {
                 "PUBLISH packets sent to clients",
                 self.messages_sent.read(),
             ),
+            (
+                "bytes_received",
+                "Payload bytes of the PUBLISH packets received from clients",
+                self.bytes_received.read(),
+            ),
+            (
+                "bytes_sent",
+                "Payload bytes of the PUBLISH packets sent to clients",
+                self.bytes_sent.read(),
+            ),
         ]
     }
 }
@@ -198,7 +198,11 @@ pub struct ByQos([AtomicU64; 3]);
 
 impl ByQos {
     pub fn add(&self, qos: QoS) {
-        self.0[qos as usize].fetch_add(1, Ordering::Relaxed);
+        self.add_n(qos, 1);
+    }
+
+    pub fn add_n(&self, qos: QoS, n: usize) {
+        self.0[qos as usize].fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// QoS 0, 1 and 2.

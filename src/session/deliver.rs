@@ -164,7 +164,9 @@ impl Session {
             }
         }
         counters.messages_sent.add(delivery.qos);
-        Counters::add_n(&counters.bytes_sent, message.payload.len());
+        counters
+            .bytes_sent
+            .add_n(delivery.qos, message.payload.len());
         self.send(packet);
         None
     }

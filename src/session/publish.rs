@@ -30,7 +30,9 @@ impl Session {
         let alias_maximum = self.shared.config.limits.topic_alias_maximum;
         let counters = &self.shared.counters;
         counters.messages_received.add(publish.qos);
-        Counters::add_n(&counters.bytes_received, publish.payload.len());
+        counters
+            .bytes_received
+            .add_n(publish.qos, publish.payload.len());
         let Some(client) = self.client.as_mut() else {
             return Ok(());
         };

@@ -124,7 +124,7 @@ async fn metrics_follow_clients_subscriptions_and_publishes() {
         let received = format!("mqttd_messages_received_total{{qos=\"{qos}\"}}");
         assert_eq!(sample(&text, &received), 0);
     }
-    assert_eq!(sample(&text, "mqttd_bytes_received_total"), 0);
+    assert_eq!(sample(&text, "mqttd_bytes_received_total{qos=\"1\"}"), 0);
     assert_eq!(sample(&text, "mqttd_clients_connected"), 0);
     assert_eq!(sample(&text, "mqttd_connections"), 0);
 
@@ -189,8 +189,8 @@ async fn metrics_follow_clients_subscriptions_and_publishes() {
     assert_eq!(sample(&text, "mqttd_messages_received_total{qos=\"0\"}"), 0);
     assert_eq!(sample(&text, "mqttd_messages_received_total{qos=\"1\"}"), 1);
     assert_eq!(sample(&text, "mqttd_messages_sent_total{qos=\"1\"}"), 1);
-    assert_eq!(sample(&text, "mqttd_bytes_received_total"), 5);
-    assert_eq!(sample(&text, "mqttd_bytes_sent_total"), 5);
+    assert_eq!(sample(&text, "mqttd_bytes_received_total{qos=\"1\"}"), 5);
+    assert_eq!(sample(&text, "mqttd_bytes_sent_total{qos=\"1\"}"), 5);
     assert_eq!(sample(&text, "mqttd_queued_messages"), 1);
     // Persistent-session state was committed (at CONNECT, SUBSCRIBE and the message).
     let commits = sample(&text, "mqttd_commits_total");
@@ -755,14 +755,17 @@ async fn the_stats_api_reports_counters_and_gauges_without_a_token() {
         "retained_messages",
         "persistent_sessions",
         "queued_messages",
-        "bytes_received",
-        "bytes_sent",
         "dropped_qos0",
         "auth_failures",
     ] {
         assert!(before[key].is_u64(), "{key} in {before}");
     }
-    for key in ["messages_received", "messages_sent"] {
+    for key in [
+        "messages_received",
+        "messages_sent",
+        "bytes_received",
+        "bytes_sent",
+    ] {
         for field in ["total", "qos0", "qos1", "qos2"] {
             assert!(before[key][field].is_u64(), "{key}.{field} in {before}");
         }
@@ -795,7 +798,7 @@ async fn the_stats_api_reports_counters_and_gauges_without_a_token() {
     assert_eq!(after["connections"], 1, "{after}");
     assert_eq!(after["messages_received"]["total"], 1, "{after}");
     assert_eq!(after["messages_received"]["qos1"], 1, "{after}");
-    assert_eq!(after["bytes_received"], 5, "{after}");
+    assert_eq!(after["bytes_received"]["qos1"], 5, "{after}");
     // Nothing more than /metrics: counts, no client ids or topics.
     let text = serde_json::to_string(&after).unwrap();
     assert!(
@@ -803,6 +806,6 @@ async fn the_stats_api_reports_counters_and_gauges_without_a_token() {
         "{text}"
     );
     let metrics = scrape(http).await;
-    assert_eq!(sample(&metrics, "mqttd_bytes_received_total"), 5);
+    assert_eq!(sample(&metrics, "mqttd_bytes_received_total{qos=\"1\"}"), 5);
     assert_eq!(request(http, "POST", "/api/v1/stats").await.0, 405);
 }
