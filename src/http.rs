@@ -605,40 +605,39 @@ fn respond(result: Result<HttpResponse, Refusal>) -> HttpResponse {
     result.unwrap_or_else(|refusal| refusal.response())
 }
 
-async fn list_clients(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+/// One page of a Registry listing, `?offset=&limit=` checked first.
+async fn list<M, T>(
+    req: &HttpRequest,
+    state: &State,
+    query: impl FnOnce(usize, usize) -> M,
+) -> HttpResponse
+where
+    M: Message<Result = Page<T>> + Send + 'static,
+    T: serde::Serialize + Send,
+    Registry: Handler<M>,
+    <Registry as actix::Actor>::Context: ToEnvelope<Registry, M>,
+{
     respond(
         async {
-            state.admin.check(&req)?;
-            let (offset, limit) = page_bounds(&req)?;
-            let page = ask(&state, ListClients { offset, limit }).await?;
+            state.admin.check(req)?;
+            let (offset, limit) = page_bounds(req)?;
+            let page = ask(state, query(offset, limit)).await?;
             Ok(listing(page, offset, limit))
         }
         .await,
     )
+}
+
+async fn list_clients(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    list(&req, &state, |offset, limit| ListClients { offset, limit }).await
 }
 
 async fn list_sessions(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
-    respond(
-        async {
-            state.admin.check(&req)?;
-            let (offset, limit) = page_bounds(&req)?;
-            let page = ask(&state, ListSessions { offset, limit }).await?;
-            Ok(listing(page, offset, limit))
-        }
-        .await,
-    )
+    list(&req, &state, |offset, limit| ListSessions { offset, limit }).await
 }
 
 async fn list_retained(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
-    respond(
-        async {
-            state.admin.check(&req)?;
-            let (offset, limit) = page_bounds(&req)?;
-            let page = ask(&state, ListRetained { offset, limit }).await?;
-            Ok(listing(page, offset, limit))
-        }
-        .await,
-    )
+    list(&req, &state, |offset, limit| ListRetained { offset, limit }).await
 }
 
 /// `id`: the `{id}` of the path, fully percent-decoded by `web::Path` (`%2F` included, which

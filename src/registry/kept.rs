@@ -112,6 +112,17 @@ impl Journal {
         self.waiting.waiters.push(waiter);
     }
 
+    /// Holds `group` until this batch commits: once, however many of its message's
+    /// deliveries the batch stores (a fan-out to many persistent sessions).
+    pub(super) fn wait_ack(&mut self, group: &Rc<AckGroup>) {
+        if let Some(Waiter::Ack(last)) = self.waiting.waiters.last()
+            && Rc::ptr_eq(last, group)
+        {
+            return;
+        }
+        self.wait(Waiter::Ack(group.clone()));
+    }
+
     /// Holds a delivery until everything pushed so far is committed.
     pub(super) fn defer(&mut self, deferred: Deferred) {
         self.waiting.deferred.push(deferred);
@@ -392,12 +403,26 @@ mod tests {
         let (tx, mut rx) = oneshot::channel();
         let group = AckGroup::new(Some(tx));
         let mut journal = Journal::new(1, 1);
-        journal.wait(Waiter::Ack(group.clone()));
+        journal.wait_ack(&group);
         drop(group);
         let (_, waiting) = journal.take_batch().unwrap();
         assert!(journal.take_batch().is_none(), "one batch at a time");
         assert!(rx.try_recv().is_err(), "held by the journal");
         assert!(journal.finished(waiting, false).is_empty());
         assert_eq!(rx.try_recv(), Ok(false));
+    }
+
+    #[test]
+    fn one_message_stored_for_many_sessions_holds_its_ack_group_once() {
+        let group = AckGroup::new(None);
+        let other = AckGroup::new(None);
+        let mut journal = Journal::new(1, 1);
+        for _ in 0..1000 {
+            journal.wait_ack(&group);
+        }
+        journal.wait_ack(&other);
+        journal.wait_ack(&group);
+        let (_, waiting) = journal.take_batch().unwrap();
+        assert_eq!(waiting.waiters.len(), 3);
     }
 }

@@ -519,7 +519,7 @@ impl Registry {
             message: delivery.message.clone(),
             delivery: stored,
         });
-        self.journal.wait(Waiter::Ack(ack.clone()));
+        self.journal.wait_ack(ack);
         Stored::Journalled
     }
 
@@ -1036,7 +1036,7 @@ impl Handler<Publish> for Registry {
                 client_id: msg.message.publisher.clone(),
                 packet_id: id,
             });
-            self.journal.wait(Waiter::Ack(ack.clone()));
+            self.journal.wait_ack(&ack);
         }
         self.publish(msg.message, &ack, ctx);
         self.commit_soon(ctx);
