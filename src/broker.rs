@@ -21,6 +21,7 @@ use crate::messages::{
     AclReload, Checkpoint, CloseOpenConnections, Flush, LoadRetained, LoadState, ReloadAcl,
     Shutdown, StopAccepting,
 };
+use crate::registry::router::Router;
 use crate::registry::{Registry, Settings};
 use crate::stats::Counters;
 use crate::tls::{TlsAcceptor, TlsError};
@@ -34,6 +35,8 @@ pub struct Shared {
     pub config: Config,
     pub anonymous_allowed: bool,
     pub registry: Addr<Registry>,
+    /// The Registry's subscriptions and delivery queues, through which sessions route.
+    pub router: Arc<Router>,
     pub db: Addr<DbActor>,
     /// Open connections over all listeners (see `admission::ConnectionSlot`).
     pub connections: AtomicUsize,
@@ -96,10 +99,13 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         client_id_binding: config.client_id_binding,
     };
     let writer = db::start_writer(&db_path, config.durability);
-    let registry = Registry::new(retained, stored, counters.clone(), writer, settings).start();
+    let registry = Registry::new(retained, stored, counters.clone(), writer, settings);
+    let router = registry.router();
+    let registry = registry.start();
     let shared = Arc::new(Shared {
         anonymous_allowed: config.anonymous_allowed(),
         registry: registry.clone(),
+        router,
         db: db.clone(),
         connections: AtomicUsize::new(0),
         sources: Sources::default(),

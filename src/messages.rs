@@ -19,7 +19,8 @@ use crate::db::DbError;
 use crate::message::{AppMessage, Delivery};
 use crate::mqtt::ReasonCode;
 use crate::persist::{StoreOp, StoredState, StoredWill};
-use crate::registry::subscriptions::Subscription;
+use crate::registry::router::InRegistry;
+use crate::registry::subscriptions::{Route, Subscription};
 use crate::session::Abort;
 
 // ---- handled by Session ----------------------------------------------------------------------
@@ -178,6 +179,11 @@ pub struct Publish {
     /// The packet id of a QoS 2 PUBLISH, stored with the publisher's persistent session so a
     /// re-sent PUBLISH is known as a duplicate even after a crash [MQTT-4.3.3-10].
     pub inbound_qos2: Option<u16>,
+    /// The deliveries the session could not make itself (see `registry::router`); `None`:
+    /// the Registry routes the message (and keeps it if RETAIN is set).
+    pub routes: Option<Vec<Route>>,
+    /// The publishing session's count of messages waiting here, counted down once routed.
+    pub sender: Option<Arc<InRegistry>>,
 }
 
 /// Session -> Registry: this connection has ended. Ignored unless `conn_id` still owns the id

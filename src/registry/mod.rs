@@ -21,6 +21,7 @@
 
 mod kept;
 pub mod retained;
+pub mod router;
 pub mod subscriptions;
 
 use std::collections::{HashMap, VecDeque};
@@ -50,6 +51,7 @@ use crate::session::Abort;
 use crate::stats::{Counters, SysLoad};
 use kept::{AckGroup, Deferred, Journal, Kept, Waiter};
 use retained::RetainedStore;
+use router::Router;
 use subscriptions::{Route, SubscriptionTree};
 
 /// What `store` did with a delivery.
@@ -132,7 +134,9 @@ pub struct Registry {
     journal: Journal,
     /// The database actor thread that commits the journal (one writer).
     db: Addr<DbActor>,
-    subscriptions: SubscriptionTree,
+    /// The subscriptions, and where each client's deliveries go; shared with the sessions,
+    /// which route through it directly (see `router`).
+    router: Arc<Router>,
     retained: RetainedStore<Arc<AppMessage>>,
     counters: Arc<Counters>,
     /// Reused by every `route` call, so routing does not allocate a Vec per message.
@@ -156,7 +160,7 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(1);
 const ACL_RELOAD_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a backlog may stand still before its subscriber is treated as stuck.
-const HOLD_LIMIT: Duration = Duration::from_millis(500);
+pub const HOLD_LIMIT: Duration = Duration::from_millis(500);
 
 /// How often persistent sessions are checked for expiry and due Wills, and the broker's
 /// liveness is recorded (it dates the end of sessions connected at a crash).
@@ -202,6 +206,7 @@ impl Registry {
         }
         let mut journal = Journal::new(stored.next_message_id, stored.next_seq);
         let mut subscriptions = SubscriptionTree::default();
+        let mut targets = Vec::new();
         let mut kept = HashMap::new();
         let now = unix_millis();
         let crashed_at = stored.last_alive_ms.unwrap_or(now);
@@ -236,7 +241,15 @@ impl Registry {
                 journal.push(StoreOp::DeleteSession { client_id: client });
                 continue;
             }
+            targets.push(client.clone());
             kept.insert(client, state);
+        }
+        let router = Arc::new(Router::new(subscriptions));
+        {
+            let mut routing = router.lock();
+            for client in &targets {
+                routing.keep(client);
+            }
         }
         if !kept.is_empty() {
             info!("{} persistent session(s) restored", kept.len());
@@ -247,7 +260,7 @@ impl Registry {
             kept,
             journal,
             db,
-            subscriptions,
+            router,
             retained,
             counters,
             routes: Vec::new(),
@@ -258,6 +271,11 @@ impl Registry {
             shutting_down: false,
             due_wills: wills,
         }
+    }
+
+    /// What sessions route through (see `router`).
+    pub fn router(&self) -> Arc<Router> {
+        self.router.clone()
     }
 
     /// Commits the journal's next batch, unless one is being committed: what arrives
@@ -332,7 +350,7 @@ impl Registry {
                 // The session ends: its Will goes now if its delay has not run out yet.
                 wills.extend(kept.will.map(|(_, w)| w));
             }
-            self.subscriptions.remove_client(&client);
+            self.router.lock().forget(&client);
             self.journal
                 .push(StoreOp::DeleteSession { client_id: client });
         }
@@ -428,7 +446,10 @@ impl Registry {
                         .count())
                 .to_string(),
             ),
-            ("subscriptions/count", self.subscriptions.len().to_string()),
+            (
+                "subscriptions/count",
+                self.router.lock().tree.len().to_string(),
+            ),
             ("retained messages/count", self.retained.len().to_string()),
             ("messages/received", c.messages_received.total().to_string()),
             ("messages/sent", c.messages_sent.total().to_string()),
@@ -580,6 +601,10 @@ impl Registry {
             return;
         }
         let ack = hold.then(|| ack.clone());
+        if entry.backlog.is_empty() {
+            // Sessions must not deliver past the backlog from now on.
+            self.router.lock().set_backlogged(client, true);
+        }
         entry.backlog.push_back(Held { delivery, ack });
         if !entry.draining {
             entry.draining = true;
@@ -636,6 +661,7 @@ impl Registry {
                         }
                         if entry.backlog.is_empty() {
                             entry.draining = false;
+                            act.router.lock().set_backlogged(&client, false);
                         } else {
                             act.drain(client, conn_id, ctx);
                         }
@@ -652,22 +678,29 @@ impl Registry {
             return;
         }
         let mut routes = std::mem::take(&mut self.routes);
-        self.subscriptions
+        self.router
+            .lock()
+            .tree
             .route(&message.topic, &message.publisher, &mut routes);
+        self.deliver(message, &mut routes, ack, ctx);
+        self.routes = routes;
+    }
+
+    /// Delivers a message along `routes` (emptied): those `route` found, or those a session
+    /// left to the Registry (see `router`).
+    fn deliver(
+        &mut self,
+        message: &Arc<AppMessage>,
+        routes: &mut Vec<Route>,
+        ack: &Rc<AckGroup>,
+        ctx: &mut Context<Self>,
+    ) {
         // Stored once, however many persistent sessions it goes to.
         let mut message_id = None;
-        for route in routes.drain(..) {
-            let delivery = Delivery {
-                message: message.clone(),
-                qos: message.qos.min(route.qos),
-                retain: message.retain && route.retain_as_published,
-                subscription_ids: route.subscription_ids,
-                packet_id: None,
-                dup: false,
-            };
+        for mut route in routes.drain(..) {
+            let delivery = route.delivery(message);
             self.offer(&route.client, delivery, ack, &mut message_id, ctx);
         }
-        self.routes = routes;
     }
 }
 
@@ -705,7 +738,7 @@ impl Registry {
             }
         }
         if !reply.session_present {
-            self.subscriptions.remove_client(&client);
+            self.router.lock().tree.remove_client(&client);
         }
         if msg.expiry_interval > 0 {
             let kept = self
@@ -774,6 +807,10 @@ impl Handler<Register> for Registry {
             });
         }
         let reply = self.open_session(&mut msg, ctx);
+        let stored = self.kept.contains_key(&msg.client_id);
+        self.router
+            .lock()
+            .connect(&msg.client_id, msg.deliveries.clone(), stored);
         let new = Entry::new(
             msg.conn_id,
             msg.session,
@@ -827,6 +864,7 @@ impl Handler<Unregister> for Registry {
                     let now = unix_millis();
                     let interval = msg.expiry_interval;
                     kept.expiry_interval = interval;
+                    self.router.lock().disconnect(&client, true);
                     kept.expires_at_ms = session_deadline(now, interval);
                     // Due at the earlier of the Will Delay and the end of the session.
                     kept.will = msg
@@ -841,12 +879,12 @@ impl Handler<Unregister> for Registry {
                 Some(_) => {
                     // DISCONNECT set the Session Expiry Interval to 0: the session ends now.
                     self.kept.remove(&client);
-                    self.subscriptions.remove_client(&client);
+                    self.router.lock().forget(&client);
                     self.journal.push(StoreOp::DeleteSession {
                         client_id: client.clone(),
                     });
                 }
-                None => self.subscriptions.remove_client(&client),
+                None => self.router.lock().forget(&client),
             }
             debug!("client {client:?}: unregistered");
             self.commit_soon(ctx);
@@ -933,15 +971,21 @@ impl Handler<Subscribe> for Registry {
         for (filter, subscription) in msg.filters {
             let options = subscription.options;
             let identifier = subscription.identifier;
-            let had = self
-                .subscriptions
-                .subscribe(&msg.client_id, &filter, subscription);
-            // Only a new filter can go over the cap; it is taken back at once.
-            if !had && self.subscriptions.client_count(&msg.client_id) > msg.max_subscriptions {
-                self.subscriptions.unsubscribe(&msg.client_id, &filter);
+            // `None`: over the cap. Only a new filter can go over it; it is taken back at once.
+            let had = {
+                let tree = &mut self.router.lock().tree;
+                let had = tree.subscribe(&msg.client_id, &filter, subscription);
+                if !had && tree.client_count(&msg.client_id) > msg.max_subscriptions {
+                    tree.unsubscribe(&msg.client_id, &filter);
+                    None
+                } else {
+                    Some(had)
+                }
+            };
+            let Some(had) = had else {
                 reply.outcomes.push(SubscribeOutcome::QuotaExceeded);
                 continue;
-            }
+            };
             reply.outcomes.push(if had {
                 SubscribeOutcome::Replaced
             } else {
@@ -1002,11 +1046,13 @@ impl Handler<Unsubscribe> for Registry {
         if !self.owns(&msg.client_id, msg.conn_id) {
             return MessageResult((vec![false; msg.filters.len()], None));
         }
-        let existed: Vec<bool> = msg
-            .filters
-            .iter()
-            .map(|f| self.subscriptions.unsubscribe(&msg.client_id, f))
-            .collect();
+        let existed: Vec<bool> = {
+            let tree = &mut self.router.lock().tree;
+            msg.filters
+                .iter()
+                .map(|f| tree.unsubscribe(&msg.client_id, f))
+                .collect()
+        };
         if !self.kept.contains_key(&msg.client_id) {
             return MessageResult((existed, None));
         }
@@ -1038,7 +1084,13 @@ impl Handler<Publish> for Registry {
             });
             self.journal.wait_ack(&ack);
         }
-        self.publish(msg.message, &ack, ctx);
+        match msg.routes {
+            Some(mut routes) => self.deliver(&msg.message, &mut routes, &ack, ctx),
+            None => self.publish(msg.message, &ack, ctx),
+        }
+        if let Some(sender) = msg.sender {
+            sender.routed();
+        }
         self.commit_soon(ctx);
     }
 }
@@ -1112,7 +1164,7 @@ impl Handler<crate::messages::Gauges> for Registry {
     fn handle(&mut self, _: crate::messages::Gauges, _: &mut Context<Self>) -> Self::Result {
         crate::messages::RegistryGauges {
             clients: self.clients.len(),
-            subscriptions: self.subscriptions.len(),
+            subscriptions: self.router.lock().tree.len(),
             retained_messages: self.retained.len(),
             persistent_sessions: self.kept.len(),
             // O(persistent sessions), once per scrape.
@@ -1155,7 +1207,7 @@ impl Registry {
             persistent: kept.is_some(),
             session_expiry_interval: kept.map_or(0, |k| k.expiry_interval),
             inflight: info.inflight.load(std::sync::atomic::Ordering::Relaxed),
-            subscriptions: self.subscriptions.client_count(client),
+            subscriptions: self.router.lock().tree.client_count(client),
         }
     }
 }
@@ -1205,7 +1257,7 @@ impl Handler<ListSessions> for Registry {
                     inflight: entry.map_or(0, |e| {
                         e.info.inflight.load(std::sync::atomic::Ordering::Relaxed)
                     }),
-                    subscriptions: self.subscriptions.client_count(id),
+                    subscriptions: self.router.lock().tree.client_count(id),
                 })
             })
             .collect();

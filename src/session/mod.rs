@@ -10,11 +10,13 @@ mod deliver;
 mod error;
 mod keepalive;
 mod publish;
+mod read_gate;
 mod send_timeout;
 mod subscribe;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
@@ -27,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 pub use error::SessionError;
+use read_gate::{Gated, ReadGate};
 pub use send_timeout::Abort;
 use send_timeout::SendTimeout;
 
@@ -41,6 +44,8 @@ use crate::mqtt::{
     ConnAck, Connect, DecodeError, Disconnect, EncodeError, MqttCodec, Packet, ProtocolVersion,
     QoS, ReasonCode, Will,
 };
+use crate::registry::router::InRegistry;
+use crate::registry::subscriptions::Route;
 use crate::stats::Counters;
 
 /// How long a closing connection may take to flush its last packet before it is dropped.
@@ -166,6 +171,16 @@ pub struct Session {
     connect_id: Option<String>,
     /// `client.inflight.len()`, for the admin API (see `ConnectionInfo`).
     inflight_gauge: Arc<AtomicUsize>,
+    /// This session's messages waiting in the Registry's mailbox (see `registry::router`).
+    in_registry: Arc<InRegistry>,
+    /// Reused for each message this session routes itself.
+    routes: Vec<Route>,
+    /// Closed while the session waits for room in a subscriber's queue (see `read_gate`).
+    gate: Rc<ReadGate>,
+    /// Such waits under way.
+    holds: usize,
+    /// Packets that arrived during a wait (already read), handled in order after it.
+    held: VecDeque<Result<Packet, DecodeError>>,
 }
 
 impl Client {
@@ -220,6 +235,11 @@ impl Session {
             end_reason: "connection closed".into(),
             connect_id: None,
             inflight_gauge: Arc::default(),
+            in_registry: Arc::default(),
+            routes: Vec::new(),
+            gate: Rc::default(),
+            holds: 0,
+            held: VecDeque::new(),
         }
     }
 
@@ -464,6 +484,7 @@ impl Actor for Session {
             let codec = MqttCodec::server(self.shared.config.limits.max_packet_size);
             // Small to start: most packets are small, and the buffer grows on demand; idle
             // connections are the bulk of a broker's memory.
+            let reader = Gated::new(reader, self.gate.clone());
             ctx.add_stream(FramedRead::with_capacity(reader, codec, READ_BUFFER));
         }
         ctx.run_later(self.shared.config.connect_timeout(), |act, ctx| {
@@ -515,12 +536,30 @@ impl Actor for Session {
     }
 }
 
-impl StreamHandler<Result<Packet, DecodeError>> for Session {
-    fn handle(&mut self, item: Result<Packet, DecodeError>, ctx: &mut Context<Self>) {
+impl Session {
+    /// Stops handling packets (and reading) until as many `release_hold` calls.
+    fn hold(&mut self) {
+        self.holds += 1;
+        self.gate.close();
+    }
+
+    /// Ends one hold; after the last, handles the packets held meanwhile and reads again.
+    fn release_hold(&mut self, ctx: &mut Context<Self>) {
+        self.holds -= 1;
+        while self.holds == 0
+            && let Some(item) = self.held.pop_front()
+        {
+            self.handle_packet(item, ctx);
+        }
+        if self.holds == 0 {
+            self.gate.open();
+        }
+    }
+
+    fn handle_packet(&mut self, item: Result<Packet, DecodeError>, ctx: &mut Context<Self>) {
         if self.phase == Phase::Closing {
             return;
         }
-        self.last_packet = Instant::now();
         let result = item.map_err(SessionError::from).and_then(|p| {
             // CONNECT is checked once its version is known, so the refusal is a CONNACK.
             if !matches!(p, Packet::Connect(_)) {
@@ -531,6 +570,17 @@ impl StreamHandler<Result<Packet, DecodeError>> for Session {
         if let Err(err) = result {
             self.fail(err, ctx);
         }
+    }
+}
+
+impl StreamHandler<Result<Packet, DecodeError>> for Session {
+    fn handle(&mut self, item: Result<Packet, DecodeError>, ctx: &mut Context<Self>) {
+        self.last_packet = Instant::now();
+        if self.holds > 0 {
+            self.held.push_back(item);
+            return;
+        }
+        self.handle_packet(item, ctx);
     }
 
     /// The peer closed its side (or the codec gave up): flush, then stop.

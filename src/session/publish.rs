@@ -9,15 +9,16 @@ use std::sync::Arc;
 use actix::prelude::*;
 use log::{debug, warn};
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{AckState, Outbound, PendingAck, Session, SessionError};
 use crate::clock::unix_millis;
-use crate::message::AppMessage;
+use crate::message::{AppMessage, Delivery};
 use crate::messages::{AckStep, Acknowledged, Publish as RoutePublish, StoreRetained};
 use crate::mqtt::{Ack, Packet, Properties, Publish, QoS, ReasonCode, topic};
 use crate::persist::StoredWill;
-use crate::registry::Registry;
+use crate::registry::subscriptions::Route;
+use crate::registry::{HOLD_LIMIT, Registry};
 use crate::stats::Counters;
 
 impl Session {
@@ -148,8 +149,9 @@ impl Session {
         })
     }
 
-    /// Routes a message and acknowledges it (QoS 1/2) once the Registry has put it in every
-    /// subscriber's queue.
+    /// Routes a message and acknowledges it (QoS 1/2) once it is in every subscriber's queue:
+    /// at once if the session could deliver it all itself (see `registry::router`), else when
+    /// the Registry has delivered the rest.
     fn route_and_acknowledge(
         &mut self,
         message: Arc<AppMessage>,
@@ -157,15 +159,6 @@ impl Session {
         ctx: &mut Context<Self>,
     ) {
         let qos = message.qos;
-        if qos == QoS::AtMostOnce {
-            let publish = RoutePublish {
-                message,
-                ack: None,
-                inbound_qos2: None,
-            };
-            self.route(publish, ctx);
-            return;
-        }
         if qos == QoS::ExactlyOnce
             && let Some(client) = self.client.as_mut()
         {
@@ -177,15 +170,36 @@ impl Session {
         let inbound_qos2 = (qos == QoS::ExactlyOnce
             && self.client.as_ref().is_some_and(|c| c.is_stored()))
         .then_some(packet_id);
+        // Retained messages and expiring ones are the Registry's (it keeps the first and
+        // counts the expired), as is an id to store; nothing overtakes what waits there.
+        let direct = inbound_qos2.is_none()
+            && !message.retain
+            && message.expires_at_ms.is_none()
+            && self.in_registry.is_empty();
+        let routes = if direct {
+            let mut rest = std::mem::take(&mut self.routes);
+            let mut full = Vec::new();
+            self.shared
+                .router
+                .route_direct(&message, &mut rest, &mut full);
+            if !full.is_empty() {
+                self.wait_for_room(&message, full, ctx);
+            }
+            if rest.is_empty() {
+                self.routes = rest;
+                self.acknowledge(qos, packet_id, ReasonCode::Success);
+                return;
+            }
+            Some(rest)
+        } else {
+            None
+        };
+        if qos == QoS::AtMostOnce {
+            self.route(message, None, inbound_qos2, routes, ctx);
+            return;
+        }
         let (routed, when_routed) = oneshot::channel();
-        self.route(
-            RoutePublish {
-                message,
-                ack: Some(routed),
-                inbound_qos2,
-            },
-            ctx,
-        );
+        self.route(message, Some(routed), inbound_qos2, routes, ctx);
         self.acks.push_back(PendingAck {
             qos,
             packet_id,
@@ -195,8 +209,61 @@ impl Session {
         self.flush_acks(ctx);
     }
 
-    /// Hands a message to the Registry.
-    fn route(&mut self, publish: RoutePublish, ctx: &mut Context<Self>) {
+    /// QoS 0 has no acknowledgement to hold back, so a publisher whose subscriber's queue is
+    /// full waits for room, reading nothing meanwhile (its deliveries and mailbox go on): TCP
+    /// slows the publisher down instead of the message being dropped. A subscriber that makes
+    /// no room within `HOLD_LIMIT` is left to the Registry, whose backlog for it is bounded
+    /// (drop-new, counted); while that backlog lasts, nobody waits for the subscriber again.
+    fn wait_for_room(
+        &mut self,
+        message: &Arc<AppMessage>,
+        full: Vec<(Route, mpsc::Sender<Delivery>)>,
+        ctx: &mut Context<Self>,
+    ) {
+        let message = message.clone();
+        let late_message = message.clone();
+        self.hold();
+        async move {
+            let mut late = Vec::new();
+            for (mut route, queue) in full {
+                match tokio::time::timeout(HOLD_LIMIT, queue.reserve_owned()).await {
+                    Ok(Ok(permit)) => {
+                        permit.send(route.delivery(&message));
+                    }
+                    Ok(Err(_)) => {}
+                    Err(_) => late.push(route),
+                }
+            }
+            late
+        }
+        .into_actor(self)
+        .map(move |late, act, ctx| {
+            if !late.is_empty() {
+                act.route(late_message, None, None, Some(late), ctx);
+            }
+            act.release_hold(ctx);
+        })
+        .spawn(ctx);
+    }
+
+    /// Hands a message to the Registry, to route it all (`routes: None`) or the deliveries
+    /// the session left to it.
+    fn route(
+        &mut self,
+        message: Arc<AppMessage>,
+        ack: Option<oneshot::Sender<bool>>,
+        inbound_qos2: Option<u16>,
+        routes: Option<Vec<Route>>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.in_registry.sent();
+        let publish = RoutePublish {
+            message,
+            ack,
+            inbound_qos2,
+            routes,
+            sender: Some(self.in_registry.clone()),
+        };
         self.tell_registry(publish, ctx);
     }
 
@@ -525,6 +592,8 @@ impl Session {
                     message: will,
                     ack: None,
                     inbound_qos2: None,
+                    routes: None,
+                    sender: None,
                 })
                 .await;
         }
