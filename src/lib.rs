@@ -17,8 +17,9 @@
 //!   CONNACK/DISCONNECT reason code.
 //! - [`registry::Registry`] (actor, one per broker): the active clients by client identifier
 //!   (take-over), every subscription (a topic trie), the retained messages, the persistent
-//!   sessions, and routing: it puts each matching delivery into the subscriber's bounded
-//!   delivery queue with `try_send`. Its journal group-commits every change to a persistent
+//!   sessions, and routing: it shares the trie and the subscribers' bounded delivery queues
+//!   with the sessions ([`registry::router`]), which route most messages themselves, and
+//!   delivers the rest with `try_send` (or a bounded backlog). Its journal group-commits every change to a persistent
 //!   session ([`persist::StoreOp`]) and releases the acknowledgements that wait for it.
 //! - [`db::DbActor`] (actor on a `SyncArbiter`, one SQLite connection per thread): users and
 //!   passwords, ACL rules, retained messages, the client connect/disconnect record; one more
@@ -63,11 +64,12 @@
 //! # Life of a message
 //!
 //! PUBLISH decoded by the publisher's Session -> checked (topic, alias, ACL) -> [`message::AppMessage`]
-//! (`Arc`, payload shared as `Bytes`) -> `StoreRetained` if RETAIN -> `Publish` to the Registry
-//! -> the Registry matches the trie and queues one `Delivery` per subscriber; for a persistent
-//! subscriber it journals the message first and queues it once committed -> PUBACK/PUBREC
-//! once every delivery is queued (and committed) -> each subscriber's Session writes it within
-//! that client's Receive Maximum.
+//! (`Arc`, payload shared as `Bytes`) -> the Session matches the shared trie and queues one
+//! `Delivery` per subscriber that can take it now -> `Publish` to the Registry with the rest
+//! (all of it if RETAIN, after `StoreRetained`), which queues them or holds them in a backlog;
+//! for a persistent subscriber it journals the message first and queues it once committed ->
+//! PUBACK/PUBREC once every delivery is queued (and committed) -> each subscriber's Session
+//! writes it within that client's Receive Maximum.
 
 // Production code must not panic on what a peer sends; tests may.
 #![cfg_attr(

@@ -4,6 +4,10 @@
 //! It is the single authority for take-over [MQTT-3.1.4-3]: a new connection registers first
 //! and the old one is told to close, so two live connections never share an id.
 //!
+//! Sessions route most messages themselves, through the subscriptions the Registry shares with
+//! them (`router`); the Registry delivers what needs its state: retained messages, persistent
+//! sessions' QoS 1/2 messages, and anything behind a backlog.
+//!
 //! Fan-out is bounded and never blocks the Registry: each session has a bounded delivery queue
 //! that the Registry only `try_send`s into. When a subscriber's queue is full, its deliveries
 //! wait in order in a bounded backlog here, and the publishers of QoS 1/2 messages in it get
