@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::mqtt::{Properties, QoS};
+use crate::mqtt::{Properties, QoS, SharedPublish};
 
 /// One published message, shared (`Arc`) by every delivery of it; the payload is never copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,20 @@ impl AppMessage {
             let left = (at - now_ms).max(0);
             u32::try_from((left + 999) / 1000).unwrap_or(u32::MAX)
         })
+    }
+}
+
+impl SharedPublish for AppMessage {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    fn properties(&self) -> &Properties {
+        &self.properties
     }
 }
 

@@ -9,6 +9,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::error::{DecodeError, EncodeError};
+use super::outbound::{Frame, OutPublish, SharedPublish};
 use super::packet::ack::AckKind;
 use super::packet::{
     Ack, Auth, ConnAck, Connect, Disconnect, Packet, ProtocolVersion, Publish, SubAck, Subscribe,
@@ -275,7 +276,33 @@ impl MqttCodec {
             return Err(EncodeError::PacketNotInVersion("AUTH"));
         }
         let remaining = remaining_len(packet, version);
-        let total = MqttCodec::encoded_len(packet, version);
+        self.write_frame(first_byte(packet), remaining, dst, |dst| {
+            encode_body(packet, dst, version)
+        })
+    }
+
+    fn encode_publish<M: SharedPublish>(
+        &self,
+        publish: &OutPublish<M>,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        let version = self.version.ok_or(EncodeError::UnknownVersion)?;
+        let remaining = publish.remaining_len(version);
+        self.write_frame(publish.first_byte(), remaining, dst, |dst| {
+            publish.encode_body(dst, version)
+        })
+    }
+
+    /// Writes a fixed header and the body `body` writes, after checking the size against the
+    /// wire format and the peer's Maximum Packet Size.
+    fn write_frame(
+        &self,
+        first: u8,
+        remaining: usize,
+        dst: &mut BytesMut,
+        body: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
+    ) -> Result<(), EncodeError> {
+        let total = 1 + vbi_len(u32::try_from(remaining).unwrap_or(u32::MAX)) + remaining;
         let remaining = u32::try_from(remaining)
             .ok()
             .filter(|&r| r <= MAX_VARIABLE_BYTE_INTEGER)
@@ -291,9 +318,9 @@ impl MqttCodec {
         dst.reserve(total);
         let start = dst.len();
         let written = (|| {
-            dst.put_u8(first_byte(packet));
+            dst.put_u8(first);
             write_vbi(dst, remaining)?;
-            encode_body(packet, dst, version)
+            body(dst)
         })();
         // A field that does not fit its length prefix leaves nothing half-written behind.
         if written.is_err() {
@@ -308,6 +335,17 @@ impl Encoder<Packet> for MqttCodec {
 
     fn encode(&mut self, packet: Packet, dst: &mut BytesMut) -> Result<(), EncodeError> {
         self.encode_packet(&packet, dst)
+    }
+}
+
+impl<M: SharedPublish> Encoder<Frame<M>> for MqttCodec {
+    type Error = EncodeError;
+
+    fn encode(&mut self, item: Frame<M>, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        match item {
+            Frame::Packet(packet) => self.encode_packet(&packet, dst),
+            Frame::Publish(publish) => self.encode_publish(&publish, dst),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod outbound;
 pub mod packet;
 pub mod primitives;
 pub mod properties;
@@ -13,6 +14,7 @@ pub mod topic;
 
 pub use codec::MqttCodec;
 pub use error::{DecodeError, EncodeError};
+pub use outbound::{Frame, OutPublish, SharedPublish};
 pub use packet::*;
 pub use properties::Properties;
 pub use reason::ReasonCode;

@@ -369,7 +369,7 @@ impl Properties {
     }
 
     /// Bytes of the identifier/value pairs, without the Property Length in front.
-    fn body_len(&self) -> usize {
+    pub(crate) fn body_len(&self) -> usize {
         // Identifier (1 byte) + value, for each property present.
         fn opt<T>(v: &Option<T>, len: impl Fn(&T) -> usize) -> usize {
             v.as_ref().map_or(0, |v| 1 + len(v))
@@ -421,6 +421,12 @@ impl Properties {
     /// (User Properties in their own order). The encoder does not check that a property is
     /// allowed in the packet: building valid packets is the caller's job.
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        write_vbi(dst, u32::try_from(self.body_len()).unwrap_or(u32::MAX))?;
+        self.encode_body(dst)
+    }
+
+    /// Writes every property present, without the Property Length in front.
+    pub(crate) fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         use id::*;
         fn u8_prop(dst: &mut BytesMut, property: u8, v: Option<u8>) {
             if let Some(v) = v {
@@ -463,7 +469,6 @@ impl Properties {
             Ok(())
         }
 
-        write_vbi(dst, u32::try_from(self.body_len()).unwrap_or(u32::MAX))?;
         u8_prop(dst, PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator);
         u32_prop(dst, MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
         str_prop(dst, CONTENT_TYPE, &self.content_type)?;

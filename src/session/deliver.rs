@@ -6,7 +6,6 @@
 //! or the socket's write buffer is over its high-water mark (actix `FramedWrite` then pauses
 //! the actor), the queue fills and the Registry drops further messages for this client.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -16,8 +15,8 @@ use log::debug;
 use super::{Client, Outbound, Phase, Session};
 use crate::acl::AclAction;
 use crate::clock::unix_millis;
-use crate::message::Delivery;
-use crate::mqtt::{MqttCodec, Packet, Publish, QoS};
+use crate::message::{AppMessage, Delivery};
+use crate::mqtt::{Frame, OutPublish, QoS};
 use crate::stats::Counters;
 
 /// Deliveries taken from the queue per wake-up: enough to amortise the wake-up, few enough to
@@ -106,7 +105,7 @@ impl Session {
     /// Writes one delivery as a PUBLISH. A delivery that is skipped instead (not authorised,
     /// expired, too large) returns its stored packet id, if it has one.
     fn write_delivery(&mut self, delivery: Delivery) -> Option<u16> {
-        let counters = self.shared.counters.clone();
+        let counters = &self.shared.counters;
         let client = self.client.as_mut()?;
         let message = &delivery.message;
         if !client.acl.allows(AclAction::Receive, &message.topic) {
@@ -116,27 +115,29 @@ impl Session {
             );
             return delivery.packet_id;
         }
-        let expiry = message.remaining_expiry(unix_millis());
+        let expiry = match message.expires_at_ms {
+            Some(_) => message.remaining_expiry(unix_millis()),
+            None => None,
+        };
         if expiry == Some(0) {
             Counters::add(&counters.dropped_expired);
             return delivery.packet_id;
         }
-        let mut properties = message.properties.clone();
-        properties.message_expiry_interval = expiry;
-        properties.subscription_identifiers = delivery.subscription_ids;
-        let mut packet = Packet::Publish(Box::new(Publish {
+        let mut publish = OutPublish {
             // [MQTT-3.3.1-1]; never for QoS 0 [MQTT-3.3.1-2].
             dup: delivery.dup && delivery.qos != QoS::AtMostOnce,
             qos: delivery.qos,
             retain: delivery.retain,
-            topic: message.topic.to_string(),
             packet_id: (delivery.qos != QoS::AtMostOnce).then_some(0),
-            properties,
-            payload: message.payload.clone(),
-        }));
+            topic_alias: None,
+            send_topic: true,
+            message_expiry_interval: expiry,
+            subscription_identifiers: delivery.subscription_ids,
+            message: delivery.message,
+        };
         if let Some(max) = client.maximum_packet_size {
             // Sized with the full topic plus room for a Topic Alias: the largest form it takes.
-            let size = MqttCodec::encoded_len(&packet, client.protocol) + 3;
+            let size = publish.encoded_len(client.protocol) + 3;
             if size > max as usize {
                 debug!(
                     "{:?}: {size}-byte PUBLISH over its maximum of {max}",
@@ -146,45 +147,44 @@ impl Session {
                 return delivery.packet_id;
             }
         }
-        if let Packet::Publish(publish) = &mut packet {
-            apply_topic_alias(client, &message.topic, publish);
-            if publish.qos != QoS::AtMostOnce {
-                // A stored message keeps the id it was stored with [MQTT-4.4.0-1].
-                let id = match delivery.packet_id {
-                    Some(id) => id,
-                    None => client.next_free_packet_id(),
-                };
-                publish.packet_id = Some(id);
-                let state = if publish.qos == QoS::AtLeastOnce {
-                    Outbound::Qos1Sent
-                } else {
-                    Outbound::Qos2Sent
-                };
-                client.inflight.insert(id, state);
-            }
+        apply_topic_alias(client, &mut publish);
+        if publish.qos != QoS::AtMostOnce {
+            // A stored message keeps the id it was stored with [MQTT-4.4.0-1].
+            let id = match delivery.packet_id {
+                Some(id) => id,
+                None => client.next_free_packet_id(),
+            };
+            publish.packet_id = Some(id);
+            let state = if publish.qos == QoS::AtLeastOnce {
+                Outbound::Qos1Sent
+            } else {
+                Outbound::Qos2Sent
+            };
+            client.inflight.insert(id, state);
         }
-        counters.messages_sent.add(delivery.qos);
+        counters.messages_sent.add(publish.qos);
         counters
             .bytes_sent
-            .add_n(delivery.qos, message.payload.len());
-        self.send(packet);
+            .add_n(publish.qos, publish.message.payload.len());
+        self.write(Frame::Publish(publish));
         None
     }
 }
 
 /// The broker gives aliases to the first topics it sends, up to the client's Topic Alias
 /// Maximum; later messages on those topics carry the alias and an empty topic (§3.3.2.3.4).
-fn apply_topic_alias(client: &mut Client, topic: &Arc<str>, publish: &mut Publish) {
+fn apply_topic_alias(client: &mut Client, publish: &mut OutPublish<AppMessage>) {
     if client.topic_alias_maximum == 0 {
         return;
     }
+    let topic = &publish.message.topic;
     if let Some(&alias) = client.aliases_out.get(topic) {
-        publish.topic.clear();
-        publish.properties.topic_alias = Some(alias);
+        publish.send_topic = false;
+        publish.topic_alias = Some(alias);
     } else if client.aliases_out.len() < usize::from(client.topic_alias_maximum) {
         let alias = client.aliases_out.len() as u16 + 1;
         client.aliases_out.insert(topic.clone(), alias);
-        publish.properties.topic_alias = Some(alias);
+        publish.topic_alias = Some(alias);
     }
 }
 

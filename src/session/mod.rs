@@ -38,11 +38,11 @@ use crate::admission::ConnectionSlot;
 use crate::broker::Shared;
 use crate::clock::unix_millis;
 use crate::config::AclDefault;
-use crate::message::Delivery;
+use crate::message::{AppMessage, Delivery};
 use crate::messages::{AclRefreshed, Close, LoadAcl, RecordDisconnect, RefreshAcl, Unregister};
 use crate::mqtt::{
-    ConnAck, Connect, DecodeError, Disconnect, EncodeError, MqttCodec, Packet, ProtocolVersion,
-    QoS, ReasonCode, Will,
+    ConnAck, Connect, DecodeError, Disconnect, EncodeError, Frame, MqttCodec, Packet,
+    ProtocolVersion, QoS, ReasonCode, Will,
 };
 use crate::registry::router::InRegistry;
 use crate::registry::subscriptions::Route;
@@ -56,7 +56,7 @@ const READ_BUFFER: usize = 512;
 
 pub type BoxedRead = Box<dyn AsyncRead + Unpin>;
 pub type BoxedWrite = Box<dyn AsyncWrite + Unpin>;
-type PacketWriter = FramedWrite<Packet, BoxedWrite, MqttCodec>;
+type PacketWriter = FramedWrite<Frame<AppMessage>, BoxedWrite, MqttCodec>;
 
 /// The writing half: nothing may be written before CONNECT tells the protocol version.
 enum Writer {
@@ -245,8 +245,12 @@ impl Session {
 
     /// Queues a packet. Before CONNECT nothing can be written, and nothing needs to be.
     fn send(&mut self, packet: Packet) {
+        self.write(Frame::Packet(packet));
+    }
+
+    fn write(&mut self, item: Frame<AppMessage>) {
         if let Writer::Open(w) = &mut self.writer {
-            w.write(packet);
+            w.write(item);
         }
     }
 

@@ -47,11 +47,16 @@ impl Publish {
 
     /// The low nibble of the fixed header.
     pub(crate) fn header_flags(&self) -> u8 {
-        let mut flags = (self.qos as u8) << QOS_SHIFT;
-        if self.dup {
+        Publish::flags(self.dup, self.qos, self.retain)
+    }
+
+    /// The low nibble of the fixed header for these flags.
+    pub(crate) fn flags(dup: bool, qos: QoS, retain: bool) -> u8 {
+        let mut flags = (qos as u8) << QOS_SHIFT;
+        if dup {
             flags |= DUP;
         }
-        if self.retain {
+        if retain {
             flags |= RETAIN;
         }
         flags
