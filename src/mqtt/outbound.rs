@@ -13,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::error::EncodeError;
 use super::packet::{Packet, ProtocolVersion, Publish, QoS};
-use super::primitives::{string_len, vbi_len, write_string, write_vbi};
+use super::primitives::{string_len, vbi_len, write_vbi};
 use super::properties::{Properties, id};
 
 /// The parts of a published message that every delivery of it shares.
@@ -97,13 +97,7 @@ impl<M: SharedPublish> OutPublish<M> {
         dst: &mut BytesMut,
         version: ProtocolVersion,
     ) -> Result<(), EncodeError> {
-        write_string(dst, self.topic())?;
-        if self.qos != QoS::AtMostOnce {
-            let id = self
-                .packet_id
-                .ok_or(EncodeError::MissingPacketId(self.qos as u8))?;
-            dst.put_u16(id);
-        }
+        Publish::encode_topic_and_id(dst, self.topic(), self.qos, self.packet_id)?;
         if version.is_v5() {
             write_vbi(
                 dst,

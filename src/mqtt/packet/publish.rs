@@ -50,6 +50,20 @@ impl Publish {
         Publish::flags(self.dup, self.qos, self.retain)
     }
 
+    /// The Topic Name, and the Packet Identifier QoS 1 and 2 require.
+    pub(crate) fn encode_topic_and_id(
+        dst: &mut BytesMut,
+        topic: &str,
+        qos: QoS,
+        packet_id: Option<u16>,
+    ) -> Result<(), EncodeError> {
+        write_string(dst, topic)?;
+        if qos != QoS::AtMostOnce {
+            dst.put_u16(packet_id.ok_or(EncodeError::MissingPacketId(qos as u8))?);
+        }
+        Ok(())
+    }
+
     /// The low nibble of the fixed header for these flags.
     pub(crate) fn flags(dup: bool, qos: QoS, retain: bool) -> u8 {
         let mut flags = (qos as u8) << QOS_SHIFT;
@@ -78,13 +92,7 @@ impl Publish {
         dst: &mut BytesMut,
         version: ProtocolVersion,
     ) -> Result<(), EncodeError> {
-        write_string(dst, &self.topic)?;
-        if self.qos != QoS::AtMostOnce {
-            let id = self
-                .packet_id
-                .ok_or(EncodeError::MissingPacketId(self.qos as u8))?;
-            dst.put_u16(id);
-        }
+        Publish::encode_topic_and_id(dst, &self.topic, self.qos, self.packet_id)?;
         if version.is_v5() {
             self.properties.encode(dst)?;
         }
