@@ -1,5 +1,6 @@
 //! The application message as the broker holds it between its publisher and its subscribers.
 
+use crate::mqtt::PropertyValues;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -73,12 +74,16 @@ pub struct Delivery {
 /// The properties a subscriber receives unchanged and in order [MQTT-3.3.2-17..18]; Topic
 /// Alias, Message Expiry, Will Delay and Subscription Identifiers are per hop.
 pub fn forwarded_properties(p: Properties) -> Properties {
-    Properties {
+    if p.is_empty() {
+        return p;
+    }
+    let p = p.into_values();
+    Properties::from(PropertyValues {
         payload_format_indicator: p.payload_format_indicator,
         content_type: p.content_type,
         response_topic: p.response_topic,
         correlation_data: p.correlation_data,
         user_properties: p.user_properties,
-        ..Properties::default()
-    }
+        ..PropertyValues::default()
+    })
 }

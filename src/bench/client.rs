@@ -1,6 +1,7 @@
 //! The bench's MQTT clients: connect, subscribe, and the publisher and subscriber loops. Each
 //! client is one tokio task over one `Framed` socket, so a thread carries many connections.
 
+use crate::mqtt::PropertyValues;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -140,12 +141,12 @@ pub async fn connect(options: &ConnectOptions, client_id: String) -> Result<Conn
         receive_maximum: u16::MAX,
     };
     let properties = if options.version.is_v5() {
-        Properties {
+        Properties::from(PropertyValues {
             // The subscriber side must never be the one that throttles the broker.
             receive_maximum: Some(u16::MAX),
             session_expiry_interval: options.persistent.then_some(300),
-            ..Properties::default()
-        }
+            ..PropertyValues::default()
+        })
     } else {
         Properties::default()
     };

@@ -325,6 +325,7 @@ impl Handler<crate::messages::Ping> for DbActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::PropertyValues;
     use diesel::sql_types::{BigInt, Text};
 
     #[derive(QueryableByName)]
@@ -672,10 +673,10 @@ mod tests {
                 payload: bytes::Bytes::from_static(payload),
                 qos: QoS::AtLeastOnce,
                 retain: true,
-                properties: Properties {
+                properties: Properties::from(PropertyValues {
                     content_type: Some("text/plain".into()),
-                    ..Properties::default()
-                },
+                    ..PropertyValues::default()
+                }),
                 expires_at_ms,
                 publisher: Arc::from("c1"),
             })

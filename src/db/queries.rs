@@ -5,6 +5,7 @@
 //! `conn.immediate_transaction`, never a deferred `transaction` (a read that is then upgraded
 //! to a write fails with SQLITE_BUSY instead of waiting).
 
+use crate::mqtt::PropertyValues;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -246,14 +247,14 @@ pub fn load_retained(conn: &mut SqliteConnection, now_ms: i64) -> Result<Vec<App
 /// else is kept, so that the block always decodes as PUBLISH properties again; the expiry has
 /// its own column. Also the encoding of `messages.properties` and `sessions.will_properties`.
 pub(super) fn encode_forwarded(properties: &Properties) -> Result<Vec<u8>, EncodeError> {
-    let forwarded = Properties {
+    let forwarded = Properties::from(PropertyValues {
         payload_format_indicator: properties.payload_format_indicator,
         content_type: properties.content_type.clone(),
         response_topic: properties.response_topic.clone(),
         correlation_data: properties.correlation_data.clone(),
         user_properties: properties.user_properties.clone(),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     let mut block = BytesMut::with_capacity(forwarded.encoded_len());
     forwarded.encode(&mut block)?;
     Ok(block.into())
@@ -431,6 +432,7 @@ pub fn checkpoint(conn: &mut SqliteConnection) -> Result<bool, DbError> {
 mod tests {
     use super::*;
     use crate::db::{open_connection, run_migrations};
+    use crate::mqtt::PropertyValues;
     use crate::persist::Durability;
     use diesel::connection::SimpleConnection;
 
@@ -650,14 +652,14 @@ mod tests {
             payload: Bytes::from_static(payload),
             qos: QoS::AtLeastOnce,
             retain: true,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 payload_format_indicator: Some(1),
                 content_type: Some("text/plain".into()),
                 response_topic: Some("reply/here".into()),
                 correlation_data: Some(Bytes::from_static(b"\x00\x01")),
                 user_properties: vec![("k".into(), "v1".into()), ("k".into(), "v2".into())],
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
             expires_at_ms: None,
             publisher: Arc::from("pub-1"),
         }

@@ -1005,6 +1005,7 @@ mod tests {
     use super::*;
     use crate::db::{open_connection, run_migrations};
     use crate::mqtt::Properties;
+    use crate::mqtt::PropertyValues;
     use crate::persist::Durability;
     use diesel::connection::SimpleConnection;
 
@@ -1022,12 +1023,12 @@ mod tests {
             payload: Bytes::copy_from_slice(payload),
             qos: QoS::ExactlyOnce,
             retain: false,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 content_type: Some("text/plain".into()),
                 correlation_data: Some(Bytes::from_static(b"\x00\x01")),
                 user_properties: vec![("k".into(), "v".into())],
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
             expires_at_ms: Some(9_000_000),
             publisher: Arc::from("pub"),
         })
@@ -1040,10 +1041,10 @@ mod tests {
                 payload: Bytes::from_static(b"gone"),
                 qos: QoS::AtLeastOnce,
                 retain: true,
-                properties: Properties {
+                properties: Properties::from(PropertyValues {
                     response_topic: Some("r".into()),
-                    ..Properties::default()
-                },
+                    ..PropertyValues::default()
+                }),
                 expires_at_ms: None,
                 publisher: Arc::from(client_id),
             }),

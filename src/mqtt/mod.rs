@@ -16,5 +16,5 @@ pub use codec::MqttCodec;
 pub use error::{DecodeError, EncodeError};
 pub use outbound::{Frame, OutPublish, SharedPublish};
 pub use packet::*;
-pub use properties::Properties;
+pub use properties::{Properties, PropertyValues};
 pub use reason::ReasonCode;

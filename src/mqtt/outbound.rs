@@ -25,9 +25,6 @@ pub trait SharedPublish {
 }
 
 /// One packet to write.
-// A `Frame` is moved once, into the writer, and encoded there; boxing the large variant would
-// allocate for every acknowledgement instead.
-#[allow(clippy::large_enum_variant)]
 pub enum Frame<M> {
     Packet(Packet),
     Publish(OutPublish<M>),
@@ -126,6 +123,7 @@ impl<M: SharedPublish> OutPublish<M> {
 mod tests {
     use super::*;
     use crate::mqtt::MqttCodec;
+    use crate::mqtt::PropertyValues;
     use crate::mqtt::testutil::decode_with;
     use tokio_util::codec::Encoder;
 
@@ -164,11 +162,11 @@ mod tests {
         let message = Arc::new(Message {
             topic: "a/b".into(),
             payload: Bytes::from_static(b"hello"),
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 content_type: Some("text/plain".into()),
                 user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
         });
         let delivery = |send_topic| OutPublish {
             message: message.clone(),
@@ -187,12 +185,12 @@ mod tests {
             retain: true,
             topic: topic.into(),
             packet_id: Some(7),
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 message_expiry_interval: Some(60),
                 subscription_identifiers: vec![1, 300],
                 topic_alias: Some(3),
-                ..message.properties.clone()
-            },
+                ..message.properties.clone().into_values()
+            }),
             payload: message.payload.clone(),
         };
         for (send_topic, topic) in [(true, "a/b"), (false, "")] {

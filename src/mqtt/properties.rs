@@ -3,6 +3,13 @@
 //! One `Properties` struct serves every packet; the decoder rejects a property that is not
 //! allowed in the packet being decoded, and a duplicate of any property other than User Property
 //! and Subscription Identifier (PUBLISH only).
+//!
+//! `Properties` is a pointer to its values, allocated only when a property is present: most
+//! packets have none, and a packet is moved several times between the socket and its handler
+//! (the values take over 300 bytes).
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -12,9 +19,14 @@ use super::primitives::{
     read_u32, read_vbi, string_len, vbi_len, write_binary, write_string, write_vbi,
 };
 
+/// The properties of a packet: `PropertyValues`, reached through `Deref`/`DerefMut` (the
+/// first change allocates them).
+#[derive(Clone, Default)]
+pub struct Properties(Option<Box<PropertyValues>>);
+
 /// Every property of MQTT 5.0. `None`/empty means "absent on the wire".
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Properties {
+pub struct PropertyValues {
     /// 0x01 Byte: PUBLISH, Will.
     pub payload_format_indicator: Option<u8>,
     /// 0x02 Four Byte Integer: PUBLISH, Will.
@@ -72,9 +84,84 @@ pub struct Properties {
     pub shared_subscription_available: Option<u8>,
 }
 
+/// What an absent `Properties` reads as.
+static NONE: PropertyValues = PropertyValues {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    subscription_identifiers: Vec::new(),
+    session_expiry_interval: None,
+    assigned_client_identifier: None,
+    server_keep_alive: None,
+    authentication_method: None,
+    authentication_data: None,
+    request_problem_information: None,
+    will_delay_interval: None,
+    request_response_information: None,
+    response_information: None,
+    server_reference: None,
+    reason_string: None,
+    receive_maximum: None,
+    topic_alias_maximum: None,
+    topic_alias: None,
+    maximum_qos: None,
+    retain_available: None,
+    user_properties: Vec::new(),
+    maximum_packet_size: None,
+    wildcard_subscription_available: None,
+    subscription_identifiers_available: None,
+    shared_subscription_available: None,
+};
+
 impl Properties {
     pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+        self.0.as_deref().is_none_or(|values| *values == NONE)
+    }
+
+    /// The values, owned.
+    pub fn into_values(self) -> PropertyValues {
+        self.0.map(|values| *values).unwrap_or_default()
+    }
+}
+
+impl From<PropertyValues> for Properties {
+    fn from(values: PropertyValues) -> Properties {
+        if values == NONE {
+            Properties(None)
+        } else {
+            Properties(Some(Box::new(values)))
+        }
+    }
+}
+
+impl Deref for Properties {
+    type Target = PropertyValues;
+
+    fn deref(&self) -> &PropertyValues {
+        self.0.as_deref().unwrap_or(&NONE)
+    }
+}
+
+impl DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut PropertyValues {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+/// Equal when the values are: an allocated block of absent values equals none.
+impl PartialEq for Properties {
+    fn eq(&self, other: &Properties) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Properties {}
+
+impl fmt::Debug for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        PropertyValues::fmt(self, f)
     }
 }
 
@@ -247,7 +334,10 @@ impl Properties {
         use id::*;
         let len = read_vbi(buf)?;
         let mut block = read_bytes(buf, len as usize)?;
-        let mut p = Properties::default();
+        if block.is_empty() {
+            return Ok(Properties::default());
+        }
+        let mut p = PropertyValues::default();
         while !block.is_empty() {
             // Identifiers are Variable Byte Integers, though every defined one fits in a byte.
             let raw = read_vbi(&mut block)?;
@@ -365,11 +455,39 @@ impl Properties {
         if p.authentication_data.is_some() && p.authentication_method.is_none() {
             return Err(DecodeError::AuthDataWithoutMethod);
         }
-        Ok(p)
+        Ok(p.into())
     }
 
     /// Bytes of the identifier/value pairs, without the Property Length in front.
     pub(crate) fn body_len(&self) -> usize {
+        self.0.as_deref().map_or(0, PropertyValues::body_len)
+    }
+
+    /// Bytes the whole block takes on the wire, Property Length included.
+    pub fn encoded_len(&self) -> usize {
+        let body = self.body_len();
+        vbi_len(u32::try_from(body).unwrap_or(u32::MAX)) + body
+    }
+
+    /// Writes Property Length and then every property present, in ascending identifier order
+    /// (User Properties in their own order). The encoder does not check that a property is
+    /// allowed in the packet: building valid packets is the caller's job.
+    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        write_vbi(dst, u32::try_from(self.body_len()).unwrap_or(u32::MAX))?;
+        self.encode_body(dst)
+    }
+
+    /// Writes every property present, without the Property Length in front.
+    pub(crate) fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        match self.0.as_deref() {
+            Some(values) => values.encode_body(dst),
+            None => Ok(()),
+        }
+    }
+}
+
+impl PropertyValues {
+    fn body_len(&self) -> usize {
         // Identifier (1 byte) + value, for each property present.
         fn opt<T>(v: &Option<T>, len: impl Fn(&T) -> usize) -> usize {
             v.as_ref().map_or(0, |v| 1 + len(v))
@@ -411,22 +529,7 @@ impl Properties {
             + opt(&self.shared_subscription_available, |_| 1)
     }
 
-    /// Bytes the whole block takes on the wire, Property Length included.
-    pub fn encoded_len(&self) -> usize {
-        let body = self.body_len();
-        vbi_len(u32::try_from(body).unwrap_or(u32::MAX)) + body
-    }
-
-    /// Writes Property Length and then every property present, in ascending identifier order
-    /// (User Properties in their own order). The encoder does not check that a property is
-    /// allowed in the packet: building valid packets is the caller's job.
-    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        write_vbi(dst, u32::try_from(self.body_len()).unwrap_or(u32::MAX))?;
-        self.encode_body(dst)
-    }
-
-    /// Writes every property present, without the Property Length in front.
-    pub(crate) fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         use id::*;
         fn u8_prop(dst: &mut BytesMut, property: u8, v: Option<u8>) {
             if let Some(v) = v {
@@ -755,13 +858,13 @@ mod tests {
 
     #[test]
     fn encoding_is_in_identifier_order_with_user_properties_in_order() {
-        let p = Properties {
+        let p = Properties::from(PropertyValues {
             shared_subscription_available: Some(1),
             user_properties: vec![("b".into(), "1".into()), ("a".into(), "2".into())],
             reason_string: Some("r".into()),
             session_expiry_interval: Some(1),
-            ..Properties::default()
-        };
+            ..PropertyValues::default()
+        });
         let mut dst = BytesMut::new();
         p.encode(&mut dst).unwrap();
         let expected: &[u8] = &[

@@ -2,6 +2,7 @@
 //! strategies that generate valid packets for a protocol version (only fields that version can
 //! carry, values the decoder accepts).
 
+use crate::mqtt::PropertyValues;
 use bytes::{Bytes, BytesMut};
 use proptest::collection::vec;
 use proptest::option;
@@ -136,34 +137,36 @@ fn all_properties() -> impl Strategy<Value = Properties> {
         option::of(flag()),
         option::of(flag()),
     );
-    (a, b, c).prop_map(|(a, b, c)| Properties {
-        payload_format_indicator: a.0,
-        message_expiry_interval: a.1,
-        content_type: a.2,
-        response_topic: a.3,
-        correlation_data: a.4,
-        subscription_identifiers: a.5,
-        session_expiry_interval: a.6,
-        assigned_client_identifier: a.7,
-        server_keep_alive: a.8,
-        authentication_method: b.0,
-        authentication_data: b.1,
-        request_problem_information: b.2,
-        will_delay_interval: b.3,
-        request_response_information: b.4,
-        response_information: b.5,
-        server_reference: b.6,
-        reason_string: b.7,
-        receive_maximum: b.8,
-        topic_alias_maximum: c.0,
-        topic_alias: c.1,
-        maximum_qos: c.2,
-        retain_available: c.3,
-        user_properties: c.4,
-        maximum_packet_size: c.5,
-        wildcard_subscription_available: c.6,
-        subscription_identifiers_available: c.7,
-        shared_subscription_available: c.8,
+    (a, b, c).prop_map(|(a, b, c)| {
+        Properties::from(PropertyValues {
+            payload_format_indicator: a.0,
+            message_expiry_interval: a.1,
+            content_type: a.2,
+            response_topic: a.3,
+            correlation_data: a.4,
+            subscription_identifiers: a.5,
+            session_expiry_interval: a.6,
+            assigned_client_identifier: a.7,
+            server_keep_alive: a.8,
+            authentication_method: b.0,
+            authentication_data: b.1,
+            request_problem_information: b.2,
+            will_delay_interval: b.3,
+            request_response_information: b.4,
+            response_information: b.5,
+            server_reference: b.6,
+            reason_string: b.7,
+            receive_maximum: b.8,
+            topic_alias_maximum: c.0,
+            topic_alias: c.1,
+            maximum_qos: c.2,
+            retain_available: c.3,
+            user_properties: c.4,
+            maximum_packet_size: c.5,
+            wildcard_subscription_available: c.6,
+            subscription_identifiers_available: c.7,
+            shared_subscription_available: c.8,
+        })
     })
 }
 

@@ -1,6 +1,7 @@
 //! CONNECT handling (§3.1): validation in the spec's order, authentication, the client's ACL,
 //! registration with the Registry, the connect record in the database, then CONNACK.
 
+use crate::mqtt::PropertyValues;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -325,7 +326,7 @@ impl Session {
         );
         let limits = &config.limits;
         let properties = if client.protocol.is_v5() {
-            Properties {
+            Properties::from(PropertyValues {
                 receive_maximum: Some(limits.receive_maximum),
                 maximum_packet_size: Some(limits.max_packet_size),
                 topic_alias_maximum: Some(limits.topic_alias_maximum),
@@ -338,8 +339,8 @@ impl Session {
                     .response_information
                     .clone()
                     .filter(|_| accepted.request_response_information),
-                ..Properties::default()
-            }
+                ..PropertyValues::default()
+            })
         } else {
             Properties::default()
         };

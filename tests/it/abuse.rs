@@ -3,6 +3,7 @@
 //! `will.rs` do not already check. Test names start with the case numbers; the map from case
 //! to test is docs/bad-inputs-coverage.md. Cases about surviving end with the canary.
 
+use mqttd::mqtt::PropertyValues;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -1667,10 +1668,10 @@ async fn f95_session_expiry_set_on_disconnect_is_a_protocol_error_and_the_will_i
     willer
         .send(Packet::Disconnect(Disconnect {
             reason: ReasonCode::Success,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 session_expiry_interval: Some(60),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
         }))
         .await;
     willer.expect(disconnect(ReasonCode::ProtocolError)).await;

@@ -136,6 +136,7 @@ async fn mqtt_3_1_3_7_empty_client_id_gets_an_assigned_identifier() {
     let id = ack
         .properties
         .assigned_client_identifier
+        .clone()
         .expect("Assigned Client Identifier");
     assert!(id.starts_with("mqttd-"), "{id}");
     let other = connack_for(broker.addr, V5, connect(V5, "")).await;

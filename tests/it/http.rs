@@ -1,6 +1,7 @@
 //! The `[http]` operations endpoint: `/metrics` (Prometheus text format 0.0.4), `/healthz`, the
 //! status page and the admin API, over real TCP with a plain HTTP/1.1 client.
 
+use mqttd::mqtt::PropertyValues;
 use std::net::SocketAddr;
 use std::process::Command;
 
@@ -273,10 +274,10 @@ async fn the_admin_api_lists_retained_messages_by_topic() {
         serde_json::json!({"data": [], "meta": {"offset": 0, "limit": 100, "count": 0}})
     );
     let mut client = Client::connected(broker.addr, V5, "keeper").await;
-    let properties = Properties {
+    let properties = Properties::from(PropertyValues {
         message_expiry_interval: Some(3600),
         ..Default::default()
-    };
+    });
     for (id, topic, qos, payload, properties) in [
         (1, "b/2", QoS::AtLeastOnce, "two", properties),
         (2, "a", QoS::AtLeastOnce, "1", Properties::default()),

@@ -1,6 +1,7 @@
 //! Keep-alive, timeouts, DISCONNECT both ways, shutdown, connection limits, and the client
 //! record in the database.
 
+use mqttd::mqtt::PropertyValues;
 use std::time::{Duration, Instant};
 
 use mqttd::db::queries;
@@ -92,10 +93,10 @@ async fn client_disconnect_closes_the_connection_and_is_recorded() {
 async fn section_3_14_2_2_2_session_expiry_set_on_disconnect_after_zero_is_a_protocol_error() {
     let broker = start_broker();
     let mut client = Client::connected(broker.addr, V5, "expiry").await;
-    let properties = Properties {
+    let properties = Properties::from(PropertyValues {
         session_expiry_interval: Some(60),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     client
         .send(Packet::Disconnect(Disconnect {
             reason: ReasonCode::Success,

@@ -23,6 +23,7 @@
 //!
 //! Each prints a table row (`ROW | ...`) and its details; docs/abuse-load.md has a run.
 
+use mqttd::mqtt::PropertyValues;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -243,10 +244,10 @@ fn connect_packet(version: ProtocolVersion, client_id: &str, will: Option<Will>)
         protocol: version,
         clean_start: true,
         keep_alive: 60,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             receive_maximum: version.is_v5().then_some(u16::MAX),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
         client_id: client_id.into(),
         will,
         username: None,

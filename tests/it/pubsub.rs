@@ -1,6 +1,7 @@
 //! Publish/subscribe through the broker: routing, QoS flows, flow control and MQTT 5 delivery
 //! features (§3.3-§3.11, §4.3-§4.8).
 
+use mqttd::mqtt::PropertyValues;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -250,9 +251,11 @@ async fn mqtt_4_7_wildcards_and_dollar_topics() {
 async fn mqtt_3_3_4_3_overlapping_subscriptions_give_one_delivery_with_every_identifier() {
     let broker = start_broker();
     let mut sub = Client::connected(broker.addr, V5, "overlap").await;
-    let with_id = |id| Properties {
-        subscription_identifiers: vec![id],
-        ..Properties::default()
+    let with_id = |id| {
+        Properties::from(PropertyValues {
+            subscription_identifiers: vec![id],
+            ..PropertyValues::default()
+        })
     };
     subscribe_with(
         &mut sub,
@@ -413,7 +416,7 @@ async fn mqtt_3_3_2_17_properties_are_forwarded_unchanged_and_in_order() {
     subscribe(&mut sub, 1, &[("p", options(QoS::AtMostOnce))]).await;
     let mut publisher = Client::connected(broker.addr, V5, "pub").await;
     let mut p = publish("p", QoS::AtMostOnce, None, b"{}");
-    p.properties = Properties {
+    p.properties = Properties::from(PropertyValues {
         payload_format_indicator: Some(1),
         content_type: Some("application/json".into()),
         response_topic: Some("replies/1".into()),
@@ -423,8 +426,8 @@ async fn mqtt_3_3_2_17_properties_are_forwarded_unchanged_and_in_order() {
             ("a".into(), "1".into()),
             ("b".into(), "3".into()),
         ],
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     let sent = p.properties.clone();
     publisher.send(Packet::Publish(Box::new(p))).await;
     let got = next_publish(&mut sub).await;

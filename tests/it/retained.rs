@@ -4,6 +4,7 @@
 //!
 //! The first part of this file holds the packet helpers that `acl.rs` and `will.rs` use too.
 
+use mqttd::mqtt::PropertyValues;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -437,7 +438,7 @@ async fn mqtt_4_7_2_1_wildcard_subscriptions_get_every_matching_retained_topic_b
 #[tokio::test]
 async fn retained_messages_and_their_properties_survive_a_restart() {
     let mut first = start_broker();
-    let properties = Properties {
+    let properties = Properties::from(PropertyValues {
         payload_format_indicator: Some(1),
         content_type: Some("text/plain; charset=utf-8".into()),
         response_topic: Some("replies/1".into()),
@@ -447,8 +448,8 @@ async fn retained_messages_and_their_properties_survive_a_restart() {
             ("k".into(), "v2".into()),
             ("other".into(), "".into()),
         ],
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     let mut with_properties = msg("keep/props", "héllo", QoS::AtLeastOnce, true);
     with_properties.properties = properties.clone();
     let mut publisher = Client::connected(first.addr, V5, "pub").await;

@@ -2,6 +2,7 @@
 //! keeps while its client is away, expiry (also across a restart), the Will Delay, and the
 //! per-session queue limits.
 
+use mqttd::mqtt::PropertyValues;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -179,10 +180,10 @@ async fn mqtt_4_1_0_2_a_session_is_gone_once_its_expiry_has_passed() {
 async fn section_3_14_2_2_2_disconnect_can_end_the_session_by_setting_expiry_0() {
     let broker = start_broker();
     let (sub, _) = session(broker.addr, "ender", true, 60).await;
-    let properties = Properties {
+    let properties = Properties::from(PropertyValues {
         session_expiry_interval: Some(0),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     disconnect_with(sub, properties).await;
     let (_sub, present) = session(broker.addr, "ender", false, 60).await;
     assert!(!present, "the session ended with its connection");
@@ -209,10 +210,10 @@ fn will_with_delay(delay: u32) -> Will {
     Will {
         qos: QoS::AtMostOnce,
         retain: false,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             will_delay_interval: Some(delay),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
         topic: "wills/delayed".into(),
         payload: bytes::Bytes::from_static(b"gone"),
     }

@@ -1,6 +1,7 @@
 //! The Will Message (§3.1.2.5, §3.1.3.2): published when the connection ends without
 //! DISCONNECT 0x00, with its QoS, payload, properties and Will Retain.
 
+use mqttd::mqtt::PropertyValues;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -96,7 +97,7 @@ async fn mqtt_3_1_2_8_will_is_published_when_the_socket_closes_without_disconnec
     let mut listener = listener(&broker, "wills/#").await;
     let mut last_words = will("wills/w1", "", QoS::AtLeastOnce, false);
     last_words.payload = Bytes::from_static(b"\x00\xffbinary");
-    last_words.properties = Properties {
+    last_words.properties = Properties::from(PropertyValues {
         content_type: Some("application/octet-stream".into()),
         response_topic: Some("wills/replies".into()),
         correlation_data: Some(Bytes::from_static(b"corr-1")),
@@ -106,8 +107,8 @@ async fn mqtt_3_1_2_8_will_is_published_when_the_socket_closes_without_disconnec
             ("b".into(), "3".into()),
         ],
         message_expiry_interval: Some(30),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     let willer = connected_with_will(broker.addr, V5, "w1", last_words.clone()).await;
     drop(willer);
 

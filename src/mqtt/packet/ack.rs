@@ -102,6 +102,7 @@ impl Ack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::PropertyValues;
     use crate::mqtt::packet::Packet;
     use crate::mqtt::properties::Properties;
     use crate::mqtt::testutil::{decode_with, encode_with};
@@ -166,10 +167,10 @@ mod tests {
         let packet = Packet::PubAck(Ack {
             packet_id: 7,
             reason: ReasonCode::QuotaExceeded,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 reason_string: Some("q".into()),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
         });
         assert_eq!(decode_with(bytes, V5).unwrap(), packet);
         assert_eq!(encode_with(&packet, V5), bytes);
@@ -191,10 +192,10 @@ mod tests {
         let v5_only = Packet::PubAck(Ack {
             packet_id: 1,
             reason: ReasonCode::UnspecifiedError,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 reason_string: Some("x".into()),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
         });
         assert_eq!(encode_with(&v5_only, V311), [0x40, 0x02, 0x00, 0x01]);
     }

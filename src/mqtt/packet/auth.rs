@@ -34,6 +34,7 @@ impl Auth {
 
 #[cfg(test)]
 mod tests {
+    use crate::mqtt::PropertyValues;
     use bytes::Bytes;
 
     use super::*;
@@ -54,11 +55,11 @@ mod tests {
         ];
         let expected = Packet::Auth(Auth {
             reason: ReasonCode::ContinueAuthentication,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 authentication_method: Some("SCR".into()),
                 authentication_data: Some(Bytes::from_static(&[0x2A])),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
         });
         assert_eq!(decode_with(bytes, V5).unwrap(), expected);
         assert_eq!(encode_with(&expected, V5), bytes);

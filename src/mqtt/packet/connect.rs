@@ -240,6 +240,7 @@ impl ConnAck {
 
 #[cfg(test)]
 mod tests {
+    use crate::mqtt::PropertyValues;
     use bytes::Bytes;
 
     use super::*;
@@ -354,19 +355,19 @@ mod tests {
             protocol: V5,
             clean_start: true,
             keep_alive: 10,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 session_expiry_interval: Some(120),
                 receive_maximum: Some(10),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
             client_id: String::new(),
             will: Some(Will {
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                properties: Properties {
+                properties: Properties::from(PropertyValues {
                     will_delay_interval: Some(5),
-                    ..Properties::default()
-                },
+                    ..PropertyValues::default()
+                }),
                 topic: "t".into(),
                 payload: Bytes::new(),
             }),
@@ -558,11 +559,11 @@ mod tests {
         let expected = ConnAck {
             session_present: true,
             reason: ReasonCode::Success,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 maximum_qos: Some(1),
                 retain_available: Some(0),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
         };
         assert_eq!(
             decode_with(v5, V5).unwrap(),

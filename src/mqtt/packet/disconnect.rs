@@ -52,6 +52,7 @@ impl Disconnect {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::PropertyValues;
     use crate::mqtt::packet::Packet;
     use crate::mqtt::properties::Properties;
     use crate::mqtt::testutil::{decode_with, encode_with};
@@ -80,10 +81,10 @@ mod tests {
         let full: &[u8] = &[0xE0, 0x07, 0x8E, 0x05, 0x11, 0x00, 0x00, 0x00, 0x0A];
         let expected = Packet::Disconnect(Disconnect {
             reason: ReasonCode::SessionTakenOver,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 session_expiry_interval: Some(10),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
         });
         assert_eq!(decode_with(full, V5).unwrap(), expected);
         assert_eq!(encode_with(&expected, V5), full);

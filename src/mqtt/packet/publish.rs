@@ -114,6 +114,7 @@ fn decode_flags(flags: u8) -> Result<(bool, QoS, bool), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::PropertyValues;
     use crate::mqtt::packet::Packet;
     use crate::mqtt::testutil::{decode_with, encode_with};
 
@@ -157,12 +158,12 @@ mod tests {
             retain: false,
             topic: "t".into(),
             packet_id: Some(0x1234),
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 payload_format_indicator: Some(1),
                 subscription_identifiers: vec![2, 128],
                 topic_alias: Some(5),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
             payload: Bytes::from_static(&[0xFF]),
         };
         assert_eq!(

@@ -284,6 +284,7 @@ impl UnsubAck {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::PropertyValues;
     use crate::mqtt::packet::Packet;
     use crate::mqtt::testutil::{decode_with, encode_with};
 
@@ -307,10 +308,10 @@ mod tests {
         ];
         let expected = Subscribe {
             packet_id: 10,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 subscription_identifiers: vec![7],
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
             filters: vec![
                 (
                     "a/#".into(),
@@ -503,10 +504,10 @@ mod tests {
         ];
         let expected = Unsubscribe {
             packet_id: 5,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 user_properties: vec![(String::new(), String::new())],
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
             filters: vec!["ab".into()],
         };
         assert_eq!(
