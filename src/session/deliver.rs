@@ -76,7 +76,9 @@ impl Session {
 
     fn write_pending(&mut self, ctx: &mut Context<Self>) {
         let mut written = 0;
-        while let Some(delivery) = self.pending.front() {
+        while self.refill()
+            && let Some(delivery) = self.pending.front()
+        {
             let window_full = self.client.as_ref().is_none_or(|c| {
                 delivery.qos != QoS::AtMostOnce
                     && c.inflight.len() >= usize::from(c.receive_maximum)
@@ -100,6 +102,28 @@ impl Session {
             }
         }
         self.pump(ctx);
+    }
+
+    /// Whether a delivery is pending, after moving what is already in the queue to `pending`
+    /// if none was: a busy subscriber's queue is rarely empty, and waiting on it costs a
+    /// spawned future.
+    fn refill(&mut self) -> bool {
+        if !self.pending.is_empty() {
+            return true;
+        }
+        if self.pumping || self.phase != Phase::Connected {
+            return false;
+        }
+        let Some(queue) = self.deliveries.as_mut() else {
+            return false;
+        };
+        while self.pending.len() < PUMP_BATCH {
+            match queue.try_recv() {
+                Ok(next) => self.pending.push_back(next),
+                Err(_) => break,
+            }
+        }
+        !self.pending.is_empty()
     }
 
     /// Writes one delivery as a PUBLISH. A delivery that is skipped instead (not authorised,
