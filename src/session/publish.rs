@@ -93,13 +93,14 @@ impl Session {
             self.acknowledge(qos, packet_id, ReasonCode::NotAuthorized);
             return Ok(());
         }
-        let now = unix_millis();
         let message = Arc::new(AppMessage {
             topic,
             payload: publish.payload,
             qos,
             retain: publish.retain,
-            expires_at_ms: p.message_expiry_interval.map(|s| now + i64::from(s) * 1000),
+            expires_at_ms: p
+                .message_expiry_interval
+                .map(|s| unix_millis() + i64::from(s) * 1000),
             properties: crate::message::forwarded_properties(publish.properties),
             publisher: client.client_id.clone(),
         });
