@@ -661,7 +661,7 @@ impl Registry {
                 message: message.clone(),
                 qos: message.qos.min(route.qos),
                 retain: message.retain && route.retain_as_published,
-                subscription_ids: route.subscription_ids,
+                subscription_ids: route.subscription_ids.into(),
                 packet_id: None,
                 dup: false,
             };

@@ -123,7 +123,7 @@ impl Session {
         }
         let mut properties = message.properties.clone();
         properties.message_expiry_interval = expiry;
-        properties.subscription_identifiers = delivery.subscription_ids;
+        properties.subscription_identifiers = delivery.subscription_ids.into();
         let mut packet = Packet::Publish(Box::new(Publish {
             // [MQTT-3.3.1-1]; never for QoS 0 [MQTT-3.3.1-2].
             dup: delivery.dup && delivery.qos != QoS::AtMostOnce,
