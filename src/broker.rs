@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use crate::admission::{Sources, Strikes};
 use crate::clock::unix_millis;
 use crate::config::Config;
-use crate::db::{self, DbActor};
+use crate::db::{self, ConnectionLog, DbActor};
 use crate::error::BrokerError;
 use crate::listener::Listener;
 use crate::messages::{
@@ -38,6 +38,8 @@ pub struct Shared {
     /// The Registry's subscriptions and delivery queues, through which sessions route.
     pub router: Arc<Router>,
     pub db: Addr<DbActor>,
+    /// Writes the `clients` table (connects and disconnects), batched.
+    pub connection_log: Addr<ConnectionLog>,
     /// Open connections over all listeners (see `admission::ConnectionSlot`).
     pub connections: AtomicUsize,
     /// Per-source-address connection counts, rates and authentication bans.
@@ -59,6 +61,7 @@ pub struct Broker {
     pub registry: Addr<Registry>,
     pub db: Addr<DbActor>,
     pub counters: Arc<Counters>,
+    connection_log: Addr<ConnectionLog>,
     listeners: Vec<Addr<Listener>>,
     http: Option<crate::http::HttpServer>,
     arbiters: Vec<Arbiter>,
@@ -72,9 +75,10 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     let started = std::time::Instant::now();
     let db_path = config.db_path.to_string_lossy().into_owned();
     let db = db::start(&db_path, config.db_threads, config.durability)?;
+    let connection_log = ConnectionLog::new(db.clone()).start();
     // Rows still open were left by a crash or kill: their end time is unknown, so they are
     // closed at the time the broker came back.
-    let stale = db
+    let stale = connection_log
         .send(CloseOpenConnections {
             at_ms: unix_millis(),
             reason: "broker restart".into(),
@@ -107,6 +111,7 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         registry: registry.clone(),
         router,
         db: db.clone(),
+        connection_log: connection_log.clone(),
         connections: AtomicUsize::new(0),
         sources: Sources::default(),
         user_failures: Strikes::default(),
@@ -175,6 +180,7 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         registry,
         db,
         counters,
+        connection_log,
         listeners,
         arbiters,
         tls: tls_acceptors,
@@ -259,7 +265,8 @@ impl Broker {
             at_ms: unix_millis(),
             reason: "server shutdown".into(),
         };
-        match self.db.send(closed).await {
+        // Through the log, so the disconnects queued before it are committed first.
+        match self.connection_log.send(closed).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => warn!("shutdown: recording disconnect times failed: {e}"),
             Err(e) => warn!("shutdown: database actor unavailable: {e}"),

@@ -11,9 +11,9 @@
 //!   TLS listener the handshake ([`tls`]) runs first, on that Arbiter; on a WebSocket listener
 //!   the HTTP upgrade ([`websocket`]) comes next. The Session only gets the split byte stream
 //!   (and the client certificate's username, if the listener maps one).
-//! - [`session::Session`] (actor, one per connection): reads packets from a `FramedRead`,
-//!   handles them in one dispatch `match`, writes replies through a `FramedWrite`, runs the
-//!   connect and keep-alive timers. All errors go through one function that picks the
+//! - [`session::Session`] (actor, one per connection): reads packets from a `FramedRead`
+//!   (wrapped in a stream that also reports the connect timeout and keep-alive silence),
+//!   handles them in one dispatch `match`, writes replies through a `FramedWrite`. All errors go through one function that picks the
 //!   CONNACK/DISCONNECT reason code.
 //! - [`registry::Registry`] (actor, one per broker): the active clients by client identifier
 //!   (take-over), every subscription (a topic trie), the retained messages, the persistent
@@ -24,6 +24,8 @@
 //! - [`db::DbActor`] (actor on a `SyncArbiter`, one SQLite connection per thread): users and
 //!   passwords, ACL rules, retained messages, the client connect/disconnect record; one more
 //!   single-thread `DbActor` is the journal's writer. The only place that blocks.
+//! - [`db::ConnectionLog`] (actor, one per broker): group-commits the connect/disconnect
+//!   records, one transaction for all those that arrived while the previous one committed.
 //! - [`http`] (optional, `[http]`): an actix-web server for operations, `GET /metrics`
 //!   (Prometheus), `GET /healthz`, a status page on `/`, and the admin API under `/api/v1/`
 //!   (clients, sessions, kick); it asks the Registry for its gauges once per scrape, and for a
@@ -34,9 +36,10 @@
 //! All of them are in [`messages`], grouped by recipient:
 //!
 //! - Session -> DbActor: `Authenticate` and `LoadAcl` (CONNECT, and again on `RefreshAcl`),
-//!   `RecordConnect` (before CONNACK), `StoreRetained` (a RETAIN publish, before its PUBACK),
-//!   `LoadPublisherRules` (a SUBSCRIBE that matched retained messages, to re-check their
-//!   publishers), `RecordDisconnect`.
+//!   `StoreRetained` (a RETAIN publish, before its PUBACK), `LoadPublisherRules` (a SUBSCRIBE
+//!   that matched retained messages, to re-check their publishers).
+//! - Session -> ConnectionLog: `RecordConnect` (before CONNACK), `RecordDisconnect`;
+//!   ConnectionLog -> DbActor: `RecordConnections` (one batch).
 //! - Session -> Registry: `Register` (after authentication; refused if the id is bound to
 //!   another user; may close an older connection with the same id; resumes a stored
 //!   session), `Subscribe`, `Unsubscribe`, `Publish`,
@@ -48,7 +51,8 @@
 //!   [`message::Delivery`] items through the session's bounded `tokio::sync::mpsc` queue.
 //! - Broker -> Listener: `StopAccepting`; Broker -> Registry: `Shutdown`, `Flush`,
 //!   `ReloadAcl` (SIGHUP); Broker ->
-//!   DbActor: `LoadRetained`, `LoadState`, `CloseOpenConnections`, `Checkpoint`.
+//!   DbActor: `LoadRetained`, `LoadState`, `Checkpoint`; Broker -> ConnectionLog:
+//!   `CloseOpenConnections`.
 //! - HTTP -> Registry: `Gauges` (`/metrics`, `/`), `ActiveClients` (`/healthz`), `ListClients`,
 //!   `GetClient`, `ListSessions`, `Kick` (admin API); HTTP -> DbActor: `Ping` (`/healthz`).
 //!
@@ -58,7 +62,8 @@
 //! started on an Arbiter ->
 //! CONNECT decoded -> validated -> bans (address, username, flapping client id; before any
 //! password is hashed) -> `Authenticate` (skipped for a certificate identity) ->
-//! `LoadAcl` -> `Register` -> `RecordConnect` -> CONNACK -> packets ... -> DISCONNECT,
+//! `LoadAcl` (alongside `Authenticate` and `Register`, unless a stored Will waits for it) ->
+//! `Register` -> `RecordConnect` -> CONNACK -> packets ... -> DISCONNECT,
 //! keep-alive timeout, take-over or shutdown -> Will -> `Unregister` + `RecordDisconnect`.
 //!
 //! # Life of a message

@@ -411,41 +411,20 @@ impl std::fmt::Debug for Authenticate {
     }
 }
 
-/// Session -> DbActor: `client_id` connected. Reply: once the row is committed.
+/// ConnectionLog -> DbActor: apply `events` to the `clients` table in order, in one
+/// transaction. Reply: the rows each event changed, in the same order.
 #[derive(Message, Debug)]
-#[rtype(result = "Result<(), DbError>")]
-pub struct RecordConnect {
-    pub client_id: String,
-    /// Unique per connection, so that a late disconnect of a taken-over connection does not
-    /// overwrite its successor's row.
-    pub connection_id: i64,
-    pub username: Option<String>,
-    pub address: String,
-    /// 3, 4 or 5 (the CONNECT protocol level).
-    pub protocol_version: i32,
-    /// Milliseconds since the Unix epoch.
-    pub at_ms: i64,
+#[rtype(result = "Result<Vec<usize>, DbError>")]
+pub struct RecordConnections {
+    pub events: Vec<ConnectionEvent>,
 }
 
-/// Session -> DbActor: the connection `connection_id` of `client_id` ended. A no-op if a newer
-/// connection has since been recorded for that client id.
-#[derive(Message, Debug)]
-#[rtype(result = "Result<(), DbError>")]
-pub struct RecordDisconnect {
-    pub client_id: String,
-    pub connection_id: i64,
-    pub at_ms: i64,
-    /// Why it ended, e.g. "client disconnect", "keep-alive timeout", "taken over".
-    pub reason: String,
-}
-
-/// Broker -> DbActor: mark every connection still recorded as open as disconnected at `at_ms`
-/// (at shutdown, and at start-up for rows left open by a crash). Reply: rows updated.
-#[derive(Message, Debug)]
-#[rtype(result = "Result<usize, DbError>")]
-pub struct CloseOpenConnections {
-    pub at_ms: i64,
-    pub reason: String,
+/// One write to the `clients` table, as queued by the ConnectionLog.
+#[derive(Debug)]
+pub enum ConnectionEvent {
+    Connect(RecordConnect),
+    Disconnect(RecordDisconnect),
+    CloseOpen(CloseOpenConnections),
 }
 
 /// Session -> DbActor: the ACL rules that apply to a connection: those for its username, for
@@ -522,6 +501,46 @@ pub struct LoadState {
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), DbError>")]
 pub struct Ping;
+
+// ---- handled by ConnectionLog (group commit of the `clients` table) --------------------------
+
+/// Session -> ConnectionLog: `client_id` connected. Reply: once the row is committed.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct RecordConnect {
+    pub client_id: String,
+    /// Unique per connection, so that a late disconnect of a taken-over connection does not
+    /// overwrite its successor's row.
+    pub connection_id: i64,
+    pub username: Option<String>,
+    pub address: String,
+    /// 3, 4 or 5 (the CONNECT protocol level).
+    pub protocol_version: i32,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+}
+
+/// Session -> ConnectionLog: the connection `connection_id` of `client_id` ended. A no-op if
+/// a newer connection has since been recorded for that client id. Reply: once committed.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct RecordDisconnect {
+    pub client_id: String,
+    pub connection_id: i64,
+    pub at_ms: i64,
+    /// Why it ended, e.g. "client disconnect", "keep-alive timeout", "taken over".
+    pub reason: String,
+}
+
+/// Broker -> ConnectionLog: mark every connection still recorded as open as disconnected at
+/// `at_ms` (at shutdown, and at start-up for rows left open by a crash), after the records
+/// queued before it. Reply: rows updated.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<usize, DbError>")]
+pub struct CloseOpenConnections {
+    pub at_ms: i64,
+    pub reason: String,
+}
 
 // ---- handled by Listener ---------------------------------------------------------------------
 

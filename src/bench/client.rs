@@ -1,7 +1,6 @@
 //! The bench's MQTT clients: connect, subscribe, and the publisher and subscriber loops. Each
 //! client is one tokio task over one `Framed` socket, so a thread carries many connections.
 
-use crate::mqtt::PropertyValues;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -18,8 +17,8 @@ use super::payload::{self, Stamp};
 use super::tracker::SequenceTracker;
 use super::{BenchError, Shared};
 use crate::mqtt::{
-    Ack, Connect, Disconnect, MqttCodec, Packet, Properties, ProtocolVersion, Publish, QoS,
-    ReasonCode, Subscribe, SubscriptionOptions,
+    Ack, Connect, Disconnect, MqttCodec, Packet, Properties, PropertyValues, ProtocolVersion,
+    Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 
 /// How long the broker may take to answer CONNECT or SUBSCRIBE.

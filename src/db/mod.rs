@@ -7,8 +7,10 @@
 //! - [`users`] is what the `mqttd user ...` command line calls, and the password check.
 //! - [`acl`] is what the `mqttd acl ...` command line calls.
 //! - [`sessions`] stores persistent sessions (`Commit`) and reads them back (`LoadState`).
+//! - [`connection_log`] is the ConnectionLog actor: group commit of the `clients` table.
 
 pub mod acl;
+pub mod connection_log;
 pub mod migrate;
 pub mod models;
 pub mod password;
@@ -25,13 +27,13 @@ use crate::acl::{AclRule, RuleTopicError};
 use crate::clock::unix_millis;
 use crate::message::AppMessage;
 use crate::messages::{
-    Authenticate, Checkpoint, CloseOpenConnections, Commit, LoadAcl, LoadPublisherRules,
-    LoadRetained, LoadState, PublisherRules, RecordConnect, RecordDisconnect, StoreRetained,
+    Authenticate, Checkpoint, Commit, ConnectionEvent, LoadAcl, LoadPublisherRules, LoadRetained,
+    LoadState, PublisherRules, RecordConnections, StoreRetained,
 };
 use crate::mqtt::EncodeError;
 use crate::persist::{Durability, StoredState};
+pub use connection_log::ConnectionLog;
 pub use migrate::run_migrations;
-use models::NewClientRecord;
 
 /// Errors from the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,12 @@ pub enum DbError {
     },
     #[error("no such ACL rule {0}")]
     NoSuchRule(i64),
+    /// A group commit failed: each record in the batch is answered with its error.
+    #[error("{0}")]
+    Batch(std::sync::Arc<DbError>),
+    /// The actor that runs the query has stopped (the broker is shutting down).
+    #[error("database actor unavailable: {0}")]
+    Unavailable(String),
     #[error("cannot store the retained message of {topic:?}: {source}")]
     EncodeRetained { topic: String, source: EncodeError },
     #[error("cannot store the properties of a message to {topic:?}: {source}")]
@@ -197,49 +205,21 @@ impl Handler<Authenticate> for DbActor {
     }
 }
 
-impl Handler<RecordConnect> for DbActor {
-    type Result = Result<(), DbError>;
+impl Handler<RecordConnections> for DbActor {
+    type Result = Result<Vec<usize>, DbError>;
 
-    fn handle(&mut self, msg: RecordConnect, _: &mut Self::Context) -> Self::Result {
-        let record = NewClientRecord {
-            client_id: &msg.client_id,
-            connection_id: msg.connection_id,
-            username: msg.username.as_deref(),
-            address: &msg.address,
-            protocol_version: msg.protocol_version,
-            connected_at_ms: msg.at_ms,
-        };
-        queries::record_connect(&mut self.conn, &record)
-    }
-}
-
-impl Handler<RecordDisconnect> for DbActor {
-    type Result = Result<(), DbError>;
-
-    fn handle(&mut self, msg: RecordDisconnect, _: &mut Self::Context) -> Self::Result {
-        let updated = queries::record_disconnect(
-            &mut self.conn,
-            &msg.client_id,
-            msg.connection_id,
-            msg.at_ms,
-            &msg.reason,
-        )?;
-        if !updated {
-            log::debug!(
-                "disconnect of {:?} connection {} not recorded: a newer connection owns the row",
-                msg.client_id,
-                msg.connection_id
-            );
+    fn handle(&mut self, msg: RecordConnections, _: &mut Self::Context) -> Self::Result {
+        let rows = queries::record_connections(&mut self.conn, &msg.events)?;
+        for (event, rows) in msg.events.iter().zip(&rows) {
+            if let (ConnectionEvent::Disconnect(d), 0) = (event, rows) {
+                log::debug!(
+                    "disconnect of {:?} connection {} not recorded: a newer connection owns the row",
+                    d.client_id,
+                    d.connection_id
+                );
+            }
         }
-        Ok(())
-    }
-}
-
-impl Handler<CloseOpenConnections> for DbActor {
-    type Result = Result<usize, DbError>;
-
-    fn handle(&mut self, msg: CloseOpenConnections, _: &mut Self::Context) -> Self::Result {
-        queries::close_open_connections(&mut self.conn, msg.at_ms, &msg.reason)
+        Ok(rows)
     }
 }
 
@@ -325,6 +305,7 @@ impl Handler<crate::messages::Ping> for DbActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::{CloseOpenConnections, RecordConnect, RecordDisconnect};
     use crate::mqtt::PropertyValues;
     use diesel::sql_types::{BigInt, Text};
 
@@ -538,9 +519,10 @@ mod tests {
             protocol_version: 5,
             at_ms: 100,
         };
-        db.send(connect("c1", 1)).await.unwrap().unwrap();
-        db.send(connect("c2", 2)).await.unwrap().unwrap();
-        db.send(RecordDisconnect {
+        let log = ConnectionLog::new(db.clone()).start();
+        log.send(connect("c1", 1)).await.unwrap().unwrap();
+        log.send(connect("c2", 2)).await.unwrap().unwrap();
+        log.send(RecordDisconnect {
             client_id: "c1".to_owned(),
             connection_id: 1,
             at_ms: 200,
@@ -549,7 +531,7 @@ mod tests {
         .await
         .unwrap()
         .unwrap();
-        let closed = db
+        let closed = log
             .send(CloseOpenConnections {
                 at_ms: 300,
                 reason: "shutdown".to_owned(),
@@ -643,7 +625,8 @@ mod tests {
         assert_eq!(ids, [own, everyone]);
 
         // The retained re-check: every rule, and each publisher's last username.
-        db.send(RecordConnect {
+        let log = ConnectionLog::new(db.clone()).start();
+        log.send(RecordConnect {
             client_id: "c1".into(),
             connection_id: 1,
             username: Some("alice".into()),

@@ -38,12 +38,12 @@ pub struct ClientRecord {
     pub disconnect_reason: Option<String>,
 }
 
-/// A new connection of `client_id`. Also the changeset that overwrites an existing row:
-/// `treat_none_as_null` so that a connection without a username clears the previous one.
-#[derive(Debug, Insertable, AsChangeset)]
+/// A new connection of `client_id`; it replaces the row of the previous one.
+#[derive(Debug, Insertable)]
 #[diesel(table_name = clients)]
-#[diesel(primary_key(client_id))]
-#[diesel(treat_none_as_null = true)]
+// NULL rather than the column left out: the statement is then the same for every record, so
+// Diesel caches it prepared.
+#[diesel(treat_none_as_default_value = false)]
 pub struct NewClientRecord<'a> {
     pub client_id: &'a str,
     pub connection_id: i64,

@@ -5,14 +5,13 @@
 //! `conn.immediate_transaction`, never a deferred `transaction` (a read that is then upgraded
 //! to a write fails with SQLITE_BUSY instead of waiting).
 
-use crate::mqtt::PropertyValues;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error};
-use diesel::sql_types::Integer;
+use diesel::sql_types::{BigInt, Integer, Text};
 
 use super::DbError;
 use super::models::{
@@ -21,9 +20,10 @@ use super::models::{
 use super::schema::{acl_rules, clients, retained, users};
 use crate::acl::{self, AclAction, AclPermission, AclRule, AclSubject};
 use crate::message::AppMessage;
+use crate::messages::{ConnectionEvent, RecordDisconnect};
 use crate::mqtt::properties::PropertyContext;
 use crate::mqtt::topic;
-use crate::mqtt::{EncodeError, Properties, QoS};
+use crate::mqtt::{EncodeError, Properties, PropertyValues, QoS};
 
 // ---- users -----------------------------------------------------------------------------------
 
@@ -90,46 +90,66 @@ pub fn find_password_hash(
 
 // ---- clients ---------------------------------------------------------------------------------
 
-/// Records a new connection of a client id: inserts its row, or overwrites every column of the
-/// existing one and marks it open again.
+/// Records a new connection of a client id: inserts its row, or replaces the existing one
+/// (which marks it open again). REPLACE rather than an upsert: Diesel prepares an upsert
+/// again for every execution, and caches this one.
 pub fn record_connect(
     conn: &mut SqliteConnection,
     record: &NewClientRecord<'_>,
 ) -> Result<(), DbError> {
-    diesel::insert_into(clients::table)
+    diesel::replace_into(clients::table)
         .values(record)
-        .on_conflict(clients::client_id)
-        .do_update()
-        .set((
-            record,
-            clients::disconnected_at_ms.eq(None::<i64>),
-            clients::disconnect_reason.eq(None::<&str>),
-        ))
         .execute(conn)?;
     Ok(())
 }
 
-/// Marks connection `connection_id` of `client_id` as ended. Returns `false`, changing nothing,
-/// if the row now belongs to another (newer) connection or is already closed.
-pub fn record_disconnect(
-    conn: &mut SqliteConnection,
-    client_id: &str,
+/// A connection whose end `record_disconnects` wrote.
+#[derive(QueryableByName, PartialEq, Eq, Hash)]
+struct Closed {
+    #[diesel(sql_type = Text)]
+    client_id: String,
+    #[diesel(sql_type = BigInt)]
     connection_id: i64,
-    at_ms: i64,
-    reason: &str,
-) -> Result<bool, DbError> {
-    let updated = diesel::update(
-        clients::table
-            .find(client_id)
-            .filter(clients::connection_id.eq(connection_id))
-            .filter(clients::disconnected_at_ms.is_null()),
-    )
-    .set((
-        clients::disconnected_at_ms.eq(at_ms),
-        clients::disconnect_reason.eq(reason),
-    ))
-    .execute(conn)?;
-    Ok(updated == 1)
+}
+
+/// Marks each connection of `ended` as ended, in one statement: Diesel prepares an UPDATE
+/// again for every execution, and parsing was most of the cost of one per disconnect. Returns,
+/// for each, whether it was written: not if its row now belongs to another (newer) connection
+/// or is already closed.
+pub fn record_disconnects(
+    conn: &mut SqliteConnection,
+    ended: &[&RecordDisconnect],
+) -> Result<Vec<bool>, DbError> {
+    if ended.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The columns of a VALUES table are named column1, column2, ...
+    let sql = format!(
+        "UPDATE clients SET disconnected_at_ms = v.column3, disconnect_reason = v.column4 \
+         FROM (VALUES {}) AS v \
+         WHERE clients.client_id = v.column1 AND clients.connection_id = v.column2 \
+         AND clients.disconnected_at_ms IS NULL \
+         RETURNING clients.client_id, clients.connection_id",
+        vec!["(?, ?, ?, ?)"; ended.len()].join(", ")
+    );
+    let mut query = diesel::sql_query(sql).into_boxed();
+    for d in ended {
+        query = query
+            .bind::<Text, _>(&d.client_id)
+            .bind::<BigInt, _>(d.connection_id)
+            .bind::<BigInt, _>(d.at_ms)
+            .bind::<Text, _>(&d.reason);
+    }
+    let closed: HashSet<Closed> = query.load(conn)?.into_iter().collect();
+    Ok(ended
+        .iter()
+        .map(|d| {
+            closed.contains(&Closed {
+                client_id: d.client_id.clone(),
+                connection_id: d.connection_id,
+            })
+        })
+        .collect())
 }
 
 /// Marks every connection still open as ended at `at_ms`: at shutdown, and at start-up for the
@@ -147,6 +167,55 @@ pub fn close_open_connections(
             ))
             .execute(conn)?,
     )
+}
+
+/// Applies `events` in order in one transaction (a group commit of the ConnectionLog).
+/// Returns the rows each event changed: 1 for a connect, 0 or 1 for a disconnect (0: a newer
+/// connection owns the row), the count for a close-open.
+pub fn record_connections(
+    conn: &mut SqliteConnection,
+    events: &[ConnectionEvent],
+) -> Result<Vec<usize>, DbError> {
+    conn.immediate_transaction(|conn| {
+        let mut rows = Vec::with_capacity(events.len());
+        let mut rest = events;
+        while let Some(event) = rest.first() {
+            let applied = match event {
+                ConnectionEvent::Connect(c) => {
+                    let record = NewClientRecord {
+                        client_id: &c.client_id,
+                        connection_id: c.connection_id,
+                        username: c.username.as_deref(),
+                        address: &c.address,
+                        protocol_version: c.protocol_version,
+                        connected_at_ms: c.at_ms,
+                    };
+                    record_connect(conn, &record)?;
+                    rows.push(1);
+                    1
+                }
+                ConnectionEvent::Disconnect(_) => {
+                    // Consecutive disconnects go together (see `record_disconnects`).
+                    let ended: Vec<&RecordDisconnect> = rest
+                        .iter()
+                        .map_while(|e| match e {
+                            ConnectionEvent::Disconnect(d) => Some(d),
+                            _ => None,
+                        })
+                        .collect();
+                    let written = record_disconnects(conn, &ended)?;
+                    rows.extend(written.into_iter().map(usize::from));
+                    ended.len()
+                }
+                ConnectionEvent::CloseOpen(c) => {
+                    rows.push(close_open_connections(conn, c.at_ms, &c.reason)?);
+                    1
+                }
+            };
+            rest = &rest[applied..];
+        }
+        Ok(rows)
+    })
 }
 
 /// The row of `client_id`, if the broker has ever seen it.
@@ -444,6 +513,23 @@ mod tests {
         (dir, conn)
     }
 
+    /// One disconnect through `record_disconnects`: whether it was written.
+    fn disconnect(
+        conn: &mut SqliteConnection,
+        client_id: &str,
+        connection_id: i64,
+        at_ms: i64,
+        reason: &str,
+    ) -> Result<bool, DbError> {
+        let ended = RecordDisconnect {
+            client_id: client_id.into(),
+            connection_id,
+            at_ms,
+            reason: reason.into(),
+        };
+        Ok(record_disconnects(conn, &[&ended])?[0])
+    }
+
     fn connect<'a>(client_id: &'a str, connection_id: i64, at_ms: i64) -> NewClientRecord<'a> {
         NewClientRecord {
             client_id,
@@ -546,7 +632,7 @@ mod tests {
     fn record_connect_overwrites_and_reopens_the_row() {
         let (_dir, mut conn) = test_db();
         record_connect(&mut conn, &connect("c1", 1, 100)).unwrap();
-        assert!(record_disconnect(&mut conn, "c1", 1, 150, "client disconnect").unwrap());
+        assert!(disconnect(&mut conn, "c1", 1, 150, "client disconnect").unwrap());
 
         let again = NewClientRecord {
             username: None,
@@ -573,12 +659,37 @@ mod tests {
     fn record_disconnect_closes_the_matching_open_connection_once() {
         let (_dir, mut conn) = test_db();
         record_connect(&mut conn, &connect("c1", 1, 100)).unwrap();
-        assert!(record_disconnect(&mut conn, "c1", 1, 150, "keep-alive timeout").unwrap());
-        assert!(!record_disconnect(&mut conn, "c1", 1, 160, "again").unwrap());
-        assert!(!record_disconnect(&mut conn, "nobody", 1, 160, "x").unwrap());
+        assert!(disconnect(&mut conn, "c1", 1, 150, "keep-alive timeout").unwrap());
+        assert!(!disconnect(&mut conn, "c1", 1, 160, "again").unwrap());
+        assert!(!disconnect(&mut conn, "nobody", 1, 160, "x").unwrap());
         let row = get_client(&mut conn, "c1").unwrap().unwrap();
         assert_eq!(row.disconnected_at_ms, Some(150));
         assert_eq!(row.disconnect_reason.as_deref(), Some("keep-alive timeout"));
+    }
+
+    #[test]
+    fn disconnects_written_together_report_each_one() {
+        let (_dir, mut conn) = test_db();
+        for (id, conn_id) in [("a", 1), ("b", 2), ("c", 3)] {
+            record_connect(&mut conn, &connect(id, conn_id, 100)).unwrap();
+        }
+        let ended = |client_id: &str, connection_id| RecordDisconnect {
+            client_id: client_id.into(),
+            connection_id,
+            at_ms: 200 + connection_id,
+            reason: format!("reason {connection_id}"),
+        };
+        let (a, stale, c) = (ended("a", 1), ended("b", 9), ended("c", 3));
+        let written = record_disconnects(&mut conn, &[&a, &stale, &c]).unwrap();
+        assert_eq!(written, [true, false, true]);
+        let row = get_client(&mut conn, "c").unwrap().unwrap();
+        assert_eq!(row.disconnected_at_ms, Some(203));
+        assert_eq!(row.disconnect_reason.as_deref(), Some("reason 3"));
+        let row = get_client(&mut conn, "b").unwrap().unwrap();
+        assert_eq!(
+            (row.disconnected_at_ms, row.disconnect_reason),
+            (None, None)
+        );
     }
 
     #[test]
@@ -587,7 +698,7 @@ mod tests {
         record_connect(&mut conn, &connect("c1", 1, 100)).unwrap();
         // Connection 2 takes the client id over before connection 1 reports its end.
         record_connect(&mut conn, &connect("c1", 2, 200)).unwrap();
-        assert!(!record_disconnect(&mut conn, "c1", 1, 210, "taken over").unwrap());
+        assert!(!disconnect(&mut conn, "c1", 1, 210, "taken over").unwrap());
         let row = get_client(&mut conn, "c1").unwrap().unwrap();
         assert_eq!((row.connection_id, row.disconnected_at_ms), (2, None));
         assert_eq!(row.disconnect_reason, None);
@@ -599,7 +710,7 @@ mod tests {
         for (id, conn_id) in [("a", 1), ("b", 2), ("c", 3)] {
             record_connect(&mut conn, &connect(id, conn_id, 100)).unwrap();
         }
-        record_disconnect(&mut conn, "b", 2, 150, "client disconnect").unwrap();
+        disconnect(&mut conn, "b", 2, 150, "client disconnect").unwrap();
 
         assert_eq!(
             close_open_connections(&mut conn, 300, "broker restart").unwrap(),

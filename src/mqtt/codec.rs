@@ -45,6 +45,8 @@ pub struct MqttCodec {
     max_outbound: Option<u32>,
     /// Packets decoded since the buffer last ran out (see `BUSY_STREAK`).
     streak: u8,
+    /// The last read held at least `BUSY_STREAK` packets.
+    busy: bool,
 }
 
 impl MqttCodec {
@@ -56,6 +58,7 @@ impl MqttCodec {
             max_inbound: max_packet_size,
             max_outbound: None,
             streak: 0,
+            busy: false,
         }
     }
 
@@ -66,6 +69,7 @@ impl MqttCodec {
             max_inbound: max_packet_size,
             max_outbound: None,
             streak: 0,
+            busy: false,
         }
     }
 
@@ -155,10 +159,21 @@ fn decode_packet(
 impl MqttCodec {
     /// The buffer holds no complete packet: the next read follows.
     fn ran_out(&mut self, src: &mut BytesMut) {
-        if self.streak >= BUSY_STREAK {
+        self.busy = self.streak >= BUSY_STREAK;
+        if self.busy {
             src.reserve(RESERVE_AHEAD);
         }
         self.streak = 0;
+    }
+
+    /// The room a new read buffer should have for this connection, at least `min`: more for
+    /// a busy one (see `BUSY_STREAK`).
+    pub fn read_buffer_size(&self, min: usize) -> usize {
+        if self.busy {
+            min.max(RESERVE_AHEAD)
+        } else {
+            min
+        }
     }
 }
 

@@ -2,7 +2,6 @@
 //! strategies that generate valid packets for a protocol version (only fields that version can
 //! carry, values the decoder accepts).
 
-use crate::mqtt::PropertyValues;
 use bytes::{Bytes, BytesMut};
 use proptest::collection::vec;
 use proptest::option;
@@ -17,7 +16,7 @@ use super::packet::{
     SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
 use super::primitives::MAX_VARIABLE_BYTE_INTEGER;
-use super::properties::{Properties, PropertyContext, id, is_allowed};
+use super::properties::{Properties, PropertyContext, PropertyValues, id, is_allowed};
 use super::reason::ReasonCode;
 
 fn decode_one(mut codec: MqttCodec, bytes: &[u8]) -> Result<Packet, DecodeError> {

@@ -233,7 +233,7 @@ impl Kept {
                 message: message.clone(),
                 qos: d.qos,
                 retain: d.retain,
-                subscription_ids: d.subscription_ids.clone(),
+                subscription_ids: d.subscription_ids.clone().into(),
                 packet_id: Some(d.packet_id),
                 dup: true,
             };
@@ -267,7 +267,7 @@ impl Kept {
             packet_id: id,
             qos: delivery.qos,
             retain: delivery.retain,
-            subscription_ids: delivery.subscription_ids.clone(),
+            subscription_ids: delivery.subscription_ids.to_vec(),
             released: false,
         })
     }
@@ -356,7 +356,7 @@ mod tests {
             }),
             qos: QoS::ExactlyOnce,
             retain: false,
-            subscription_ids: vec![],
+            subscription_ids: Default::default(),
             packet_id: None,
             dup: false,
         }

@@ -86,7 +86,7 @@ impl Router {
             match queue.try_send(route.delivery(message)) {
                 Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => false,
                 Err(mpsc::error::TrySendError::Full(delivery)) => {
-                    route.subscription_ids = delivery.subscription_ids;
+                    route.subscription_ids = delivery.subscription_ids.into();
                     if message.qos == QoS::AtMostOnce {
                         full.push((route.clone(), queue.clone()));
                         return false;
@@ -105,7 +105,7 @@ impl Route {
             message: message.clone(),
             qos: message.qos.min(self.qos),
             retain: message.retain && self.retain_as_published,
-            subscription_ids: std::mem::take(&mut self.subscription_ids),
+            subscription_ids: std::mem::take(&mut self.subscription_ids).into(),
             packet_id: None,
             dup: false,
         }

@@ -1,19 +1,22 @@
 //! CONNECT handling (§3.1): validation in the spec's order, authentication, the client's ACL,
 //! registration with the Registry, the connect record in the database, then CONNACK.
 
-use crate::mqtt::PropertyValues;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
+use futures_util::future::join;
 use log::{error, info};
 use tokio::sync::mpsc;
 
 use super::{Client, Phase, Session, SessionError};
-use crate::acl::Acl;
+use crate::acl::{Acl, AclRule};
 use crate::clock::unix_millis;
 use crate::config::AclDefault;
 use crate::messages::{Authenticate, ConnectionInfo, LoadAcl, RecordConnect, Register, Registered};
-use crate::mqtt::{Ack, ConnAck, Connect, Packet, Properties, ProtocolVersion, topic};
+use crate::mqtt::{
+    Ack, ConnAck, Connect, Packet, Properties, PropertyValues, ProtocolVersion, topic,
+};
 use crate::persist::StoredWill;
 use crate::stats::Counters;
 
@@ -44,6 +47,8 @@ impl Session {
         let version = connect.protocol;
         self.open_writer(version, ctx);
         self.phase = Phase::Connecting(version);
+        // The connect timeout is met; keep-alive starts with CONNACK.
+        self.silence_limit.set(None);
         let max = self.shared.config.limits.max_user_properties;
         let count = super::connect_user_properties(&connect);
         if count > max {
@@ -109,7 +114,7 @@ impl Session {
             accepted: false,
             recorded: false,
             acl: Acl::allow_all(),
-            will: connect.will,
+            will: connect.will.map(Box::new),
             awaiting_rel: Default::default(),
             aliases_in: Default::default(),
             inflight: Default::default(),
@@ -131,6 +136,7 @@ impl Session {
             mpsc::channel(self.shared.config.limits.max_queued_messages);
         self.deliveries = Some(deliveries_rx);
         let db = self.shared.db.clone();
+        let log = self.shared.connection_log.clone();
         let registry = self.shared.registry.clone();
         let will = self
             .client
@@ -180,6 +186,10 @@ impl Session {
         // `wait` holds back every other packet and message until this resolves: nothing
         // pipelined after CONNECT is handled before the client is accepted [MQTT-3.1.4-2].
         async move {
+            // Sent at once, so the rules are read while the password is checked and the client
+            // registers: they decide only what the client may do once accepted, and whether
+            // a stored Will is kept (only then are they awaited before registering).
+            let load_acl = db.send(load_acl);
             if let Some(username) = username.filter(|_| !cert_authenticated) {
                 match db.send(Authenticate { username, password }).await {
                     Ok(Ok(true)) => {}
@@ -188,22 +198,31 @@ impl Session {
                     Err(e) => return Err(unavailable(&e)),
                 }
             }
-            let rules = match db.send(load_acl).await {
-                Ok(Ok(rules)) => rules,
-                Ok(Err(e)) => return Err(unavailable(&e)),
-                Err(e) => return Err(unavailable(&e)),
+            let loaded = |rules: Result<Result<_, _>, MailboxError>| match rules {
+                Ok(Ok(rules)) => Ok(rules),
+                Ok(Err(e)) => Err(unavailable(&e)),
+                Err(e) => Err(unavailable(&e)),
             };
-            // A Will stored for after a crash must be one the client may publish.
-            let acl = Acl::new(
-                rules.clone(),
-                username_for_acl.as_deref(),
-                &acl_client,
-                acl_default,
-            );
-            register.will = register
-                .will
-                .filter(|w| super::may_publish(&acl, &w.message.topic));
-            let mut registered = registry.send(register).await.map_err(|e| unavailable(&e))?;
+            let (rules, registered) = if register.will.is_some() {
+                let rules: Vec<AclRule> = loaded(load_acl.await)?;
+                // A Will stored for after a crash must be one the client may publish.
+                let acl = Acl::new(
+                    rules.clone(),
+                    username_for_acl.as_deref(),
+                    &acl_client,
+                    acl_default,
+                );
+                register.will = register
+                    .will
+                    .filter(|w| super::may_publish(&acl, &w.message.topic));
+                (rules, registry.send(register).await)
+            } else {
+                // A failure to load the rules after registering ends the connection like a
+                // failure to record it would: `stopped` unregisters it.
+                let (rules, registered) = join(load_acl, registry.send(register)).await;
+                (loaded(rules)?, registered)
+            };
+            let mut registered = registered.map_err(|e| unavailable(&e))?;
             if registered.bound_to_another_user {
                 return Err(SessionError::ClientIdBound);
             }
@@ -213,7 +232,7 @@ impl Session {
             {
                 return Err(SessionError::StorageFailed);
             }
-            match db.send(record).await {
+            match log.send(record).await {
                 Ok(Ok(())) => Ok((rules, registered)),
                 Ok(Err(e)) => Err(unavailable(&e)),
                 Err(e) => Err(unavailable(&e)),
@@ -307,7 +326,7 @@ impl Session {
     /// Everything checked and recorded: send CONNACK, start the keep-alive and deliveries.
     fn accept(
         &mut self,
-        rules: Vec<crate::acl::AclRule>,
+        rules: Vec<AclRule>,
         registered: Registered,
         accepted: Accepted,
         ctx: &mut Context<Self>,
@@ -318,6 +337,9 @@ impl Session {
         };
         client.accepted = true;
         client.recorded = true;
+        // [MQTT-3.1.2-22]: 1.5 x the keep-alive in force, counted from the last packet.
+        let silence_limit = (client.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(client.keep_alive) * 1500));
         client.acl = Acl::new(
             rules,
             client.username.as_deref(),
@@ -349,6 +371,8 @@ impl Session {
             client.client_id, self.peer, client.protocol, client.keep_alive
         );
         self.phase = Phase::Connected;
+        // Only a refusal logs it.
+        self.connect_id = None;
         // [MQTT-3.2.2-2] [MQTT-3.2.2-3]: Session Present only when a stored session resumed.
         self.send(Packet::ConnAck(ConnAck {
             session_present: registered.session_present,
@@ -356,7 +380,7 @@ impl Session {
             ..Default::default()
         }));
         self.resume(registered);
-        self.arm_keep_alive(ctx);
+        self.silence_limit.set(silence_limit);
         self.release(ctx);
     }
 }

@@ -156,7 +156,7 @@ impl Session {
             topic_alias: None,
             send_topic: true,
             message_expiry_interval: expiry,
-            subscription_identifiers: delivery.subscription_ids,
+            subscription_identifiers: delivery.subscription_ids.into(),
             message: delivery.message,
         };
         if let Some(max) = client.maximum_packet_size {

@@ -1,6 +1,6 @@
 //! The Session actor: one per network connection.
 //!
-//! Bytes become packets in the `FramedRead` stream added at start (see `mqtt::MqttCodec`);
+//! Bytes become packets in the stream added at start (see `reader` and `mqtt::MqttCodec`);
 //! every packet goes through the single `dispatch` match, every error through `fail`, which is
 //! the only place that sends a refusing CONNACK or a server DISCONNECT. Replies are written
 //! with a `FramedWrite`, opened when CONNECT reveals the protocol version.
@@ -8,28 +8,30 @@
 mod connect;
 mod deliver;
 mod error;
-mod keepalive;
 mod publish;
 mod read_gate;
+mod reader;
 mod send_timeout;
 mod subscribe;
 
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use log::{debug, info, warn};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
 
 pub use error::SessionError;
 use read_gate::{Gated, ReadGate};
+use reader::{Inbound, PacketStream};
 pub use send_timeout::Abort;
 use send_timeout::SendTimeout;
 
@@ -51,16 +53,13 @@ use crate::stats::Counters;
 /// How long a closing connection may take to flush its last packet before it is dropped.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Initial capacity of the read buffer.
-const READ_BUFFER: usize = 512;
-
 pub type BoxedRead = Box<dyn AsyncRead + Unpin>;
 pub type BoxedWrite = Box<dyn AsyncWrite + Unpin>;
-type PacketWriter = FramedWrite<Frame<AppMessage>, BoxedWrite, MqttCodec>;
+type PacketWriter = FramedWrite<Frame<AppMessage>, SendTimeout<BoxedWrite>, MqttCodec>;
 
 /// The writing half: nothing may be written before CONNECT tells the protocol version.
 enum Writer {
-    Unopened(Option<BoxedWrite>),
+    Unopened(Option<SendTimeout<BoxedWrite>>),
     Open(PacketWriter),
 }
 
@@ -121,8 +120,9 @@ struct Client {
     /// The client's authorization rules (loaded at CONNECT).
     acl: Acl,
     /// Published when the connection ends, unless DISCONNECT 0x00 discarded it
-    /// [MQTT-3.1.2-8] [MQTT-3.1.2-10].
-    will: Option<Will>,
+    /// [MQTT-3.1.2-8] [MQTT-3.1.2-10]. Boxed: most clients have none, and a `Will` is
+    /// 400 bytes that every idle connection would carry.
+    will: Option<Box<Will>>,
     /// Packet ids of inbound QoS 2 PUBLISH answered with PUBREC and awaiting PUBREL.
     awaiting_rel: HashSet<u16>,
     /// Topic aliases the client has set towards the broker (§3.3.2.3.4).
@@ -162,10 +162,11 @@ pub struct Session {
     /// Deliveries that cannot be written yet (Receive Maximum reached): at most one pump batch
     /// from the queue, plus the retained messages of a new subscription (shared `Arc`s).
     pending: VecDeque<Delivery>,
-    /// When the last packet arrived (keep-alive).
-    last_packet: Instant,
-    /// Recorded in the database when the connection ends.
-    end_reason: String,
+    /// How long the client may now stay silent: the connect timeout until CONNECT, then
+    /// 1.5 x Keep Alive once connected (see `reader`).
+    silence_limit: Rc<Cell<Option<Duration>>>,
+    /// Recorded in the database when the connection ends; most reasons are fixed texts.
+    end_reason: Cow<'static, str>,
     /// The client identifier of the CONNECT being handled, as sent, for the log of a refusal
     /// that comes before the identifier is accepted.
     connect_id: Option<String>,
@@ -216,12 +217,13 @@ impl Session {
     ) -> Session {
         let abort = Arc::new(Abort::default());
         let writer = SendTimeout::new(writer, shared.config.send_timeout(), abort.clone());
+        let connect_timeout = shared.config.connect_timeout();
         Session {
             conn_id,
             peer,
             shared,
             _slot: slot,
-            writer: Writer::Unopened(Some(Box::new(writer))),
+            writer: Writer::Unopened(Some(writer)),
             reader: Some(reader),
             abort,
             cert_username,
@@ -231,7 +233,7 @@ impl Session {
             pumping: false,
             acks: VecDeque::new(),
             pending: VecDeque::new(),
-            last_packet: Instant::now(),
+            silence_limit: Rc::new(Cell::new(Some(connect_timeout))),
             end_reason: "connection closed".into(),
             connect_id: None,
             inflight_gauge: Arc::default(),
@@ -333,9 +335,9 @@ impl Session {
             _ => debug!("{}: {err} -> {reason:?} ({:#04x})", self.peer, reason as u8),
         }
         self.end_reason = if refused {
-            err.to_string()
+            err.to_string().into()
         } else {
-            format!("{err} -> {reason:?} ({:#04x})", reason as u8)
+            format!("{err} -> {reason:?} ({:#04x})", reason as u8).into()
         };
         self.close(ctx);
     }
@@ -349,7 +351,7 @@ impl Session {
             client_id: client.client_id.to_string(),
             connection_id: self.conn_id as i64,
             at_ms: unix_millis(),
-            reason: self.end_reason.clone(),
+            reason: self.end_reason.to_string(),
         })
     }
 
@@ -438,9 +440,25 @@ impl Session {
                 client.will = None;
             }
         }
-        self.end_reason = format!("client disconnect ({:#04x})", disconnect.reason as u8);
+        self.end_reason = format!("client disconnect ({:#04x})", disconnect.reason as u8).into();
         self.close(ctx);
         Ok(())
+    }
+
+    /// The client said nothing within the limit set in `silence_limit`.
+    fn on_silence(&mut self, ctx: &mut Context<Self>) {
+        match (self.phase, &self.client) {
+            (Phase::AwaitingConnect, _) => {
+                debug!("{}: no CONNECT within the connect timeout", self.peer);
+                self.end_reason = "connect timeout".into();
+                self.close(ctx);
+            }
+            (Phase::Connected, Some(client)) => {
+                let keep_alive = client.keep_alive;
+                self.fail(SessionError::KeepAliveTimeout(keep_alive), ctx);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -486,18 +504,9 @@ impl Actor for Session {
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some(reader) = self.reader.take() {
             let codec = MqttCodec::server(self.shared.config.limits.max_packet_size);
-            // Small to start: most packets are small, and the buffer grows on demand; idle
-            // connections are the bulk of a broker's memory.
-            let reader = Gated::new(reader, self.gate.clone());
-            ctx.add_stream(FramedRead::with_capacity(reader, codec, READ_BUFFER));
+            let reader: BoxedRead = Box::new(Gated::new(reader, self.gate.clone()));
+            ctx.add_stream(PacketStream::new(reader, codec, self.silence_limit.clone()));
         }
-        ctx.run_later(self.shared.config.connect_timeout(), |act, ctx| {
-            if act.phase == Phase::AwaitingConnect {
-                debug!("{}: no CONNECT within the connect timeout", act.peer);
-                act.end_reason = "connect timeout".into();
-                act.close(ctx);
-            }
-        });
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -535,7 +544,7 @@ impl Actor for Session {
         if let Some(record) = self.take_disconnect_record() {
             // One message per connection, so this `do_send` cannot pile up beyond the number
             // of connections.
-            self.shared.db.do_send(record);
+            self.shared.connection_log.do_send(record);
         }
     }
 }
@@ -577,9 +586,13 @@ impl Session {
     }
 }
 
-impl StreamHandler<Result<Packet, DecodeError>> for Session {
-    fn handle(&mut self, item: Result<Packet, DecodeError>, ctx: &mut Context<Self>) {
-        self.last_packet = Instant::now();
+impl StreamHandler<Result<Inbound, DecodeError>> for Session {
+    fn handle(&mut self, item: Result<Inbound, DecodeError>, ctx: &mut Context<Self>) {
+        let item = match item {
+            Ok(Inbound::Silence) => return self.on_silence(ctx),
+            Ok(Inbound::Packet(packet)) => Ok(packet),
+            Err(e) => Err(e),
+        };
         if self.holds > 0 {
             self.held.push_back(item);
             return;
@@ -618,7 +631,7 @@ impl WriteHandler<EncodeError> for Session {
         } else {
             warn!("{}: write failed: {err}", self.peer);
         }
-        self.end_reason = format!("write failed: {err}");
+        self.end_reason = format!("write failed: {err}").into();
         Running::Stop
     }
 }
@@ -642,7 +655,7 @@ impl Handler<Close> for Session {
             ReasonCode::SessionTakenOver => "taken over".into(),
             ReasonCode::ServerShuttingDown => "server shutdown".into(),
             ReasonCode::AdministrativeAction => "kicked by an administrator (0x98)".into(),
-            other => format!("closed by server ({:#04x})", other as u8),
+            other => format!("closed by server ({:#04x})", other as u8).into(),
         };
         self.close(ctx);
         // On take-over the Will of the old connection is published before the new connection
@@ -651,13 +664,13 @@ impl Handler<Close> for Session {
             .will_due_now(msg.reason == ReasonCode::SessionTakenOver)
             .map(|w| self.will_publication(w));
         let record = self.take_disconnect_record();
-        let db = self.shared.db.clone();
+        let log = self.shared.connection_log.clone();
         Box::pin(async move {
             if let Some(will) = will {
                 will.await;
             }
             if let Some(record) = record {
-                let _ = db.send(record).await;
+                let _ = log.send(record).await;
             }
         })
     }

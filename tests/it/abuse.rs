@@ -3,15 +3,14 @@
 //! `will.rs` do not already check. Test names start with the case numbers; the map from case
 //! to test is docs/bad-inputs-coverage.md. Cases about surviving end with the canary.
 
-use mqttd::mqtt::PropertyValues;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mqttd::config::AclDefault;
 use mqttd::mqtt::{
-    Ack, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
-    Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
+    Ack, Disconnect, Packet, Properties, PropertyValues, ProtocolVersion, Publish, QoS, ReasonCode,
+    SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
 
 use crate::common::*;

@@ -1,15 +1,14 @@
 //! The `[http]` operations endpoint: `/metrics` (Prometheus text format 0.0.4), `/healthz`, the
 //! status page and the admin API, over real TCP with a plain HTTP/1.1 client.
 
-use mqttd::mqtt::PropertyValues;
 use std::net::SocketAddr;
 use std::process::Command;
 
 use bytes::Bytes;
 use mqttd::config::HttpConfig;
 use mqttd::mqtt::{
-    Ack, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
-    Subscribe, SubscriptionOptions,
+    Ack, Disconnect, Packet, Properties, PropertyValues, ProtocolVersion, Publish, QoS, ReasonCode,
+    SubAck, Subscribe, SubscriptionOptions,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

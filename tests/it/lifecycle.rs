@@ -1,11 +1,10 @@
 //! Keep-alive, timeouts, DISCONNECT both ways, shutdown, connection limits, and the client
 //! record in the database.
 
-use mqttd::mqtt::PropertyValues;
 use std::time::{Duration, Instant};
 
 use mqttd::db::queries;
-use mqttd::mqtt::{Disconnect, Packet, Properties, ProtocolVersion, ReasonCode};
+use mqttd::mqtt::{Disconnect, Packet, Properties, PropertyValues, ProtocolVersion, ReasonCode};
 
 use crate::common::*;
 

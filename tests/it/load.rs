@@ -23,7 +23,6 @@
 //!
 //! Each prints a table row (`ROW | ...`) and its details; docs/abuse-load.md has a run.
 
-use mqttd::mqtt::PropertyValues;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -35,8 +34,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use mqttd::mqtt::{
-    Ack, Connect, Disconnect, MqttCodec, Packet, Properties, ProtocolVersion, Publish, QoS,
-    ReasonCode, Subscribe, SubscriptionOptions, Unsubscribe, Will,
+    Ack, Connect, Disconnect, MqttCodec, Packet, Properties, PropertyValues, ProtocolVersion,
+    Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions, Unsubscribe, Will,
 };
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;

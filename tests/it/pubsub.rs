@@ -1,13 +1,12 @@
 //! Publish/subscribe through the broker: routing, QoS flows, flow control and MQTT 5 delivery
 //! features (§3.3-§3.11, §4.3-§4.8).
 
-use mqttd::mqtt::PropertyValues;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use mqttd::mqtt::{
-    Ack, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
-    Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    Ack, Disconnect, Packet, Properties, PropertyValues, ProtocolVersion, Publish, QoS, ReasonCode,
+    SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 
 use crate::common::*;

@@ -4,14 +4,13 @@
 //!
 //! The first part of this file holds the packet helpers that `acl.rs` and `will.rs` use too.
 
-use mqttd::mqtt::PropertyValues;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
 use mqttd::mqtt::{
-    Ack, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
-    Subscribe, SubscriptionOptions,
+    Ack, Disconnect, Packet, Properties, PropertyValues, ProtocolVersion, Publish, QoS, ReasonCode,
+    RetainHandling, Subscribe, SubscriptionOptions,
 };
 
 use crate::common::*;

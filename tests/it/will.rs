@@ -1,15 +1,14 @@
 //! The Will Message (§3.1.2.5, §3.1.3.2): published when the connection ends without
 //! DISCONNECT 0x00, with its QoS, payload, properties and Will Retain.
 
-use mqttd::mqtt::PropertyValues;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mqttd::db::queries;
 use mqttd::mqtt::{
-    Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubscriptionOptions,
-    Will,
+    Disconnect, Packet, Properties, PropertyValues, ProtocolVersion, Publish, QoS, ReasonCode,
+    SubscriptionOptions, Will,
 };
 use mqttd::stats::Counters;
 
