@@ -7,7 +7,6 @@
 //! the actor), the queue fills and the Registry drops further messages for this client.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use actix::prelude::*;
 use log::debug;
@@ -87,10 +86,15 @@ impl Session {
                 return;
             }
             if written == RELEASE_BATCH {
-                // A long backlog (the retained messages of a `#` subscription) is written in
-                // slices, so the writer can flush, and pause this actor at its high-water
-                // mark, in between: the write buffer stays small.
-                ctx.run_later(Duration::ZERO, |act, ctx| act.release(ctx));
+                // A long backlog (a busy queue, the retained messages of a `#` subscription)
+                // is written in slices, so the writer can flush, and pause this actor at its
+                // high-water mark, in between: the write buffer stays small. A yield, not a
+                // timer: `run_later` rounds up to the timer's 1 ms tick, which capped a busy
+                // subscriber at 64 messages per millisecond.
+                tokio::task::yield_now()
+                    .into_actor(self)
+                    .map(|(), act, ctx| act.release(ctx))
+                    .spawn(ctx);
                 return;
             }
             if let Some(delivery) = self.pending.pop_front() {
