@@ -71,7 +71,9 @@ pub struct Register {
     /// Where `ReloadAcl` asks the session to reload its rules.
     pub acl: Recipient<RefreshAcl>,
     /// The session's bounded delivery queue; the Registry only ever `try_send`s into it.
-    pub deliveries: mpsc::Sender<Delivery>,
+    /// `None` for a new clean session, which gets its queue with its first SUBSCRIBE: most
+    /// idle connections never subscribe, and the queue is the largest thing they would hold.
+    pub deliveries: Option<mpsc::Sender<Delivery>>,
     /// Ends the connection when it does not answer `Close` (paused on a full socket).
     pub abort: Arc<Abort>,
     pub clean_start: bool,
@@ -130,6 +132,8 @@ pub struct Subscribe {
     pub conn_id: u64,
     pub filters: Vec<(String, Subscription)>,
     pub max_subscriptions: usize,
+    /// The session's delivery queue, with its first SUBSCRIBE if it had none (see `Register`).
+    pub deliveries: Option<mpsc::Sender<Delivery>>,
 }
 
 /// The answer to `Subscribe`.

@@ -74,7 +74,8 @@ struct Entry {
     session: Recipient<Close>,
     /// Asked to reload its ACL rules (`ReloadAcl`).
     acl: Recipient<RefreshAcl>,
-    deliveries: mpsc::Sender<Delivery>,
+    /// `None` until the session opens it (see `messages::Register`).
+    deliveries: Option<mpsc::Sender<Delivery>>,
     abort: Arc<Abort>,
     /// For the admin API.
     info: ConnectionInfo,
@@ -91,7 +92,7 @@ impl Entry {
         conn_id: u64,
         session: Recipient<Close>,
         acl: Recipient<RefreshAcl>,
-        deliveries: mpsc::Sender<Delivery>,
+        deliveries: Option<mpsc::Sender<Delivery>>,
         abort: Arc<Abort>,
         info: ConnectionInfo,
     ) -> Entry {
@@ -588,8 +589,12 @@ impl Registry {
         let Some(entry) = self.clients.get_mut(client) else {
             return;
         };
+        let Some(queue) = &entry.deliveries else {
+            // No queue, so no subscription either: a message routed just before it ended.
+            return;
+        };
         let delivery = if entry.backlog.is_empty() {
-            match entry.deliveries.try_send(delivery) {
+            match queue.try_send(delivery) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
                 Err(mpsc::error::TrySendError::Full(delivery)) => delivery,
@@ -623,7 +628,10 @@ impl Registry {
         let Some(entry) = self.clients.get(&client).filter(|e| e.conn_id == conn_id) else {
             return;
         };
-        let room = tokio::time::timeout(HOLD_LIMIT, entry.deliveries.clone().reserve_owned());
+        let Some(queue) = entry.deliveries.clone() else {
+            return;
+        };
+        let room = tokio::time::timeout(HOLD_LIMIT, queue.reserve_owned());
         room.into_actor(self)
             .map(move |room, act, ctx| {
                 let Some(entry) = act
@@ -648,18 +656,18 @@ impl Registry {
                     Ok(Ok(permit)) => {
                         entry.stuck = false;
                         if let Some(held) = entry.backlog.pop_front() {
-                            permit.send(held.delivery);
-                        }
-                        while let Some(held) = entry.backlog.pop_front() {
-                            match entry.deliveries.try_send(held.delivery) {
-                                Ok(()) => {}
-                                Err(mpsc::error::TrySendError::Full(delivery))
-                                | Err(mpsc::error::TrySendError::Closed(delivery)) => {
-                                    entry.backlog.push_front(Held {
-                                        delivery,
-                                        ack: held.ack,
-                                    });
-                                    break;
+                            let queue = permit.send(held.delivery);
+                            while let Some(held) = entry.backlog.pop_front() {
+                                match queue.try_send(held.delivery) {
+                                    Ok(()) => {}
+                                    Err(mpsc::error::TrySendError::Full(delivery))
+                                    | Err(mpsc::error::TrySendError::Closed(delivery)) => {
+                                        entry.backlog.push_front(Held {
+                                            delivery,
+                                            ack: held.ack,
+                                        });
+                                        break;
+                                    }
                                 }
                             }
                         }
@@ -970,6 +978,12 @@ impl Handler<Subscribe> for Registry {
         if !self.owns(&msg.client_id, msg.conn_id) {
             // From a connection already taken over; it is closing and needs no answer.
             return MessageResult(reply);
+        }
+        if let Some(queue) = msg.deliveries
+            && let Some(entry) = self.clients.get_mut(&msg.client_id)
+        {
+            self.router.lock().set_queue(&msg.client_id, queue.clone());
+            entry.deliveries = Some(queue);
         }
         let mut matched = Vec::new();
         for (filter, subscription) in msg.filters {

@@ -22,7 +22,8 @@ use crate::mqtt::QoS;
 
 /// Where one client's deliveries go.
 struct Target {
-    /// `None` while a persistent session has no connection.
+    /// `None` while a persistent session has no connection, or the connection has no queue
+    /// yet (see `messages::Register`): the Registry decides then.
     queue: Option<mpsc::Sender<Delivery>>,
     /// A persistent session: QoS 1/2 deliveries are stored by the Registry first.
     stored: bool,
@@ -114,15 +115,27 @@ impl Route {
 
 impl Routing {
     /// A connection registered `client` (replacing an earlier connection's queue).
-    pub fn connect(&mut self, client: &Arc<str>, queue: mpsc::Sender<Delivery>, stored: bool) {
+    pub fn connect(
+        &mut self,
+        client: &Arc<str>,
+        queue: Option<mpsc::Sender<Delivery>>,
+        stored: bool,
+    ) {
         self.targets.insert(
             client.clone(),
             Target {
-                queue: Some(queue),
+                queue,
                 stored,
                 backlogged: false,
             },
         );
+    }
+
+    /// `client`'s connection opened its delivery queue.
+    pub fn set_queue(&mut self, client: &str, queue: mpsc::Sender<Delivery>) {
+        if let Some(target) = self.targets.get_mut(client) {
+            target.queue = Some(queue);
+        }
     }
 
     /// `client`'s connection ended; a persistent session stays a target for the Registry.

@@ -7,7 +7,6 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::future::join;
 use log::{error, info};
-use tokio::sync::mpsc;
 
 use super::{Client, Phase, Session, SessionError};
 use crate::acl::{Acl, AclRule};
@@ -132,9 +131,12 @@ impl Session {
             aliases_out: Default::default(),
         });
 
-        let (deliveries_tx, deliveries_rx) =
-            mpsc::channel(self.shared.config.limits.max_queued_messages);
-        self.deliveries = Some(deliveries_rx);
+        // A stored session may come back with subscriptions; a clean one has none yet.
+        let deliveries = if connect.clean_start {
+            None
+        } else {
+            self.open_queue()
+        };
         let db = self.shared.db.clone();
         let log = self.shared.connection_log.clone();
         let registry = self.shared.registry.clone();
@@ -149,7 +151,7 @@ impl Session {
             conn_id: self.conn_id,
             session: ctx.address().recipient(),
             acl: ctx.address().recipient(),
-            deliveries: deliveries_tx,
+            deliveries,
             abort: self.abort.clone(),
             clean_start: connect.clean_start,
             expiry_interval: session_expiry,

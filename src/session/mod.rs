@@ -155,6 +155,8 @@ pub struct Session {
     client: Option<Client>,
     /// The receiving end of this client's delivery queue; `None` while the pump holds it.
     deliveries: Option<mpsc::Receiver<Delivery>>,
+    /// `deliveries` was created (see `open_queue`).
+    queue_opened: bool,
     /// A pump future is waiting on `deliveries`.
     pumping: bool,
     /// Acknowledgements owed to the client, in the order its PUBLISH packets arrived.
@@ -230,6 +232,7 @@ impl Session {
             phase: Phase::AwaitingConnect,
             client: None,
             deliveries: None,
+            queue_opened: false,
             pumping: false,
             acks: VecDeque::new(),
             pending: VecDeque::new(),
@@ -243,6 +246,18 @@ impl Session {
             holds: 0,
             held: VecDeque::new(),
         }
+    }
+
+    /// Creates the delivery queue, once, and returns its sending end for the Registry. Not
+    /// done at CONNECT for a clean session (see `messages::Register`).
+    fn open_queue(&mut self) -> Option<mpsc::Sender<Delivery>> {
+        if self.queue_opened {
+            return None;
+        }
+        self.queue_opened = true;
+        let (sender, receiver) = mpsc::channel(self.shared.config.limits.max_queued_messages);
+        self.deliveries = Some(receiver);
+        Some(sender)
     }
 
     /// Queues a packet. Before CONNECT nothing can be written, and nothing needs to be.

@@ -77,6 +77,7 @@ impl Session {
             conn_id: self.conn_id,
             filters: granted,
             max_subscriptions: self.shared.config.limits.max_subscriptions_per_client,
+            deliveries: self.open_queue(),
         };
         let request = self.shared.registry.send(add);
         let db = self.shared.db.clone();
