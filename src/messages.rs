@@ -21,7 +21,7 @@ use crate::mqtt::ReasonCode;
 use crate::persist::{StoreOp, StoredState, StoredWill};
 use crate::registry::router::InRegistry;
 use crate::registry::subscriptions::{Route, Subscription};
-use crate::session::Abort;
+use crate::session::{Abort, Session};
 
 // ---- handled by Session ----------------------------------------------------------------------
 
@@ -67,9 +67,9 @@ pub enum AclRefreshed {
 pub struct Register {
     pub client_id: Arc<str>,
     pub conn_id: u64,
-    pub session: Recipient<Close>,
-    /// Where `ReloadAcl` asks the session to reload its rules.
-    pub acl: Recipient<RefreshAcl>,
+    /// Told to `Close`, and to `RefreshAcl` for `ReloadAcl`; one address rather than a
+    /// `Recipient` per message, as the Registry keeps it for every connection.
+    pub session: Addr<Session>,
     /// The session's bounded delivery queue; the Registry only ever `try_send`s into it.
     /// `None` for a new clean session, which gets its queue with its first SUBSCRIBE: most
     /// idle connections never subscribe, and the queue is the largest thing they would hold.

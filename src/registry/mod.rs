@@ -51,7 +51,7 @@ use crate::messages::{
 };
 use crate::mqtt::{QoS, ReasonCode, RetainHandling, topic};
 use crate::persist::{StoreOp, StoredState, StoredWill, session_deadline};
-use crate::session::Abort;
+use crate::session::{Abort, Session};
 use crate::stats::{Counters, SysLoad};
 use kept::{AckGroup, Deferred, Journal, Kept, Waiter};
 use retained::RetainedStore;
@@ -71,9 +71,8 @@ enum Stored {
 
 struct Entry {
     conn_id: u64,
-    session: Recipient<Close>,
-    /// Asked to reload its ACL rules (`ReloadAcl`).
-    acl: Recipient<RefreshAcl>,
+    /// Told to `Close`, and asked to reload its ACL rules (`ReloadAcl`).
+    session: Addr<Session>,
     /// `None` until the session opens it (see `messages::Register`).
     deliveries: Option<mpsc::Sender<Delivery>>,
     abort: Arc<Abort>,
@@ -90,8 +89,7 @@ struct Entry {
 impl Entry {
     fn new(
         conn_id: u64,
-        session: Recipient<Close>,
-        acl: Recipient<RefreshAcl>,
+        session: Addr<Session>,
         deliveries: Option<mpsc::Sender<Delivery>>,
         abort: Arc<Abort>,
         info: ConnectionInfo,
@@ -99,7 +97,6 @@ impl Entry {
         Entry {
             conn_id,
             session,
-            acl,
             deliveries,
             abort,
             info,
@@ -133,7 +130,8 @@ pub struct Settings {
 
 /// Holds the active clients, their subscriptions and the retained messages.
 pub struct Registry {
-    clients: HashMap<Arc<str>, Entry>,
+    /// Boxed: the map keeps about twice as many slots as entries.
+    clients: HashMap<Arc<str>, Box<Entry>>,
     /// Persistent sessions, connected or not (see `kept`).
     kept: HashMap<Arc<str>, Kept>,
     journal: Journal,
@@ -823,14 +821,13 @@ impl Handler<Register> for Registry {
         self.router
             .lock()
             .connect(&msg.client_id, msg.deliveries.clone(), stored);
-        let new = Entry::new(
+        let new = Box::new(Entry::new(
             msg.conn_id,
             msg.session,
-            msg.acl,
             msg.deliveries,
             msg.abort,
             msg.info,
-        );
+        ));
         match self.clients.insert(msg.client_id.clone(), new) {
             Some(old) => {
                 // The old session logs its end ("taken over") at info level: one line per event.
@@ -1144,7 +1141,7 @@ impl Handler<ReloadAcl> for Registry {
         let answers: Vec<_> = self
             .clients
             .values()
-            .map(|entry| entry.acl.send(RefreshAcl))
+            .map(|entry| entry.session.send(RefreshAcl))
             .collect();
         Box::pin(async move {
             let mut reload = AclReload::default();

@@ -149,8 +149,7 @@ impl Session {
         let mut register = Register {
             client_id: client_id.clone(),
             conn_id: self.conn_id,
-            session: ctx.address().recipient(),
-            acl: ctx.address().recipient(),
+            session: ctx.address(),
             deliveries,
             abort: self.abort.clone(),
             clean_start: connect.clean_start,
