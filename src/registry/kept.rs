@@ -201,12 +201,12 @@ pub(super) struct Kept {
     /// Stored QoS 1/2 messages not yet acknowledged, in queue order (by seq).
     pub(super) unacked: BTreeMap<i64, Unacked>,
     /// The seq of each packet id in `unacked`.
-    by_packet_id: HashMap<u16, i64>,
+    by_packet_id: HashMap<u16, i64, foldhash::fast::RandomState>,
     next_packet_id: u16,
     /// Payload bytes in `unacked`.
     pub(super) bytes: usize,
     /// Inbound QoS 2 packet ids awaiting PUBREL [MQTT-4.3.3-10].
-    pub(super) inbound_qos2: HashSet<u16>,
+    pub(super) inbound_qos2: HashSet<u16, foldhash::fast::RandomState>,
     /// The user whose connection last held it (`None`: anonymous, or not recorded before a
     /// restart): its owner under `client_id_binding`.
     pub(super) username: Option<String>,

@@ -103,6 +103,9 @@ enum AckState {
     Waiting,
 }
 
+/// The hasher of maps keyed by packet id.
+type IdHash = foldhash::fast::RandomState;
+
 /// What the session knows once CONNECT was read.
 struct Client {
     client_id: Arc<str>,
@@ -124,11 +127,11 @@ struct Client {
     /// 400 bytes that every idle connection would carry.
     will: Option<Box<Will>>,
     /// Packet ids of inbound QoS 2 PUBLISH answered with PUBREC and awaiting PUBREL.
-    awaiting_rel: HashSet<u16>,
+    awaiting_rel: HashSet<u16, IdHash>,
     /// Topic aliases the client has set towards the broker (§3.3.2.3.4).
     aliases_in: HashMap<u16, Arc<str>>,
     /// Outbound QoS 1/2 PUBLISH not yet completed, by packet id.
-    inflight: HashMap<u16, Outbound>,
+    inflight: HashMap<u16, Outbound, IdHash>,
     /// Where the search for the next free packet id starts.
     next_packet_id: u16,
     /// The client's Receive Maximum: the cap on `inflight` [MQTT-3.3.4-9].

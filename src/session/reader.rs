@@ -48,6 +48,9 @@ pub(super) struct PacketStream {
     timer: Pin<Box<Sleep>>,
     /// When the last packet arrived, or the stream was created.
     last_packet: Instant,
+    /// Packets arrived since `last_packet` was set: it is set once the socket has nothing
+    /// more, one clock read per read rather than per packet.
+    arrived: bool,
 }
 
 impl PacketStream {
@@ -65,6 +68,7 @@ impl PacketStream {
             armed: None,
             timer: Box::pin(tokio::time::sleep_until(now)),
             last_packet: now,
+            arrived: false,
         }
     }
 
@@ -109,12 +113,15 @@ impl Stream for PacketStream {
         }
         match Pin::new(&mut this.framed).poll_next(cx) {
             Poll::Ready(Some(Ok(packet))) => {
-                this.last_packet = Instant::now();
+                this.arrived = true;
                 return Poll::Ready(Some(Ok(Inbound::Packet(packet))));
             }
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {}
+        }
+        if std::mem::take(&mut this.arrived) {
+            this.last_packet = Instant::now();
         }
         if this.framed.read_buffer().is_empty() {
             // Everything read is decoded; the socket has this task's waker, so the buffer is
