@@ -178,7 +178,8 @@ pub struct Session {
     /// `client.inflight.len()`, for the admin API (see `ConnectionInfo`).
     inflight_gauge: Arc<AtomicUsize>,
     /// This session's messages waiting in the Registry's mailbox (see `registry::router`).
-    in_registry: Arc<InRegistry>,
+    /// Created with the first message the session hands to the Registry.
+    in_registry: Option<Arc<InRegistry>>,
     /// Reused for each message this session routes itself.
     routes: Vec<Route>,
     /// Closed while the session waits for room in a subscriber's queue (see `read_gate`).
@@ -243,7 +244,7 @@ impl Session {
             end_reason: "connection closed".into(),
             connect_id: None,
             inflight_gauge: Arc::default(),
-            in_registry: Arc::default(),
+            in_registry: None,
             routes: Vec::new(),
             gate: Rc::default(),
             holds: 0,

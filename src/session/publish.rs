@@ -176,7 +176,7 @@ impl Session {
         let direct = inbound_qos2.is_none()
             && !message.retain
             && message.expires_at_ms.is_none()
-            && self.in_registry.is_empty();
+            && self.in_registry.as_ref().is_none_or(|sent| sent.is_empty());
         let routes = if direct {
             let mut rest = std::mem::take(&mut self.routes);
             let mut full = Vec::new();
@@ -257,13 +257,14 @@ impl Session {
         routes: Option<Vec<Route>>,
         ctx: &mut Context<Self>,
     ) {
-        self.in_registry.sent();
+        let in_registry = self.in_registry.get_or_insert_default().clone();
+        in_registry.sent();
         let publish = RoutePublish {
             message,
             ack,
             inbound_qos2,
             routes,
-            sender: Some(self.in_registry.clone()),
+            sender: Some(in_registry),
         };
         self.tell_registry(publish, ctx);
     }
