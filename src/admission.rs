@@ -25,9 +25,8 @@ struct Source {
     connections: usize,
     rate_window_start: Instant,
     connects_in_window: u32,
-    failure_window_start: Instant,
-    failures_in_window: u32,
-    banned_until: Option<Instant>,
+    /// Authentication failures, and the ban they lead to.
+    failures: Strike,
 }
 
 impl Source {
@@ -36,18 +35,14 @@ impl Source {
             connections: 0,
             rate_window_start: now,
             connects_in_window: 0,
-            failure_window_start: now,
-            failures_in_window: 0,
-            banned_until: None,
+            failures: Strike::new(now),
         }
     }
 
     /// Nothing left worth remembering: no connection, no ban, no window still counting.
     fn is_idle(&self, now: Instant) -> bool {
         self.connections == 0
-            && self.banned_until.is_none_or(|until| until <= now)
-            && (self.failures_in_window == 0
-                || now.duration_since(self.failure_window_start) >= FAILURE_WINDOW)
+            && self.failures.is_idle(now)
             && now.duration_since(self.rate_window_start) >= RATE_WINDOW
     }
 }
@@ -84,8 +79,7 @@ impl Sources {
         self.lock()
             .sources
             .get(&ip)
-            .and_then(|s| s.banned_until)
-            .is_some_and(|until| until > now)
+            .is_some_and(|s| s.failures.is_banned(now))
     }
 
     /// Counts an authentication failure; `max` failures within a minute ban the address for
@@ -96,16 +90,7 @@ impl Sources {
         }
         let now = Instant::now();
         let mut map = self.lock();
-        let source = map.entry(ip, now);
-        if now.duration_since(source.failure_window_start) >= FAILURE_WINDOW {
-            source.failure_window_start = now;
-            source.failures_in_window = 0;
-        }
-        source.failures_in_window += 1;
-        if source.failures_in_window >= max {
-            source.banned_until = Some(now + ban);
-            source.failures_in_window = 0;
-        }
+        map.entry(ip, now).failures.hit(now, max, ban);
     }
 }
 
@@ -133,9 +118,35 @@ struct Strike {
 }
 
 impl Strike {
+    fn new(now: Instant) -> Strike {
+        Strike {
+            window_start: now,
+            count: 0,
+            banned_until: None,
+        }
+    }
+
+    fn is_banned(&self, now: Instant) -> bool {
+        self.banned_until.is_some_and(|until| until > now)
+    }
+
+    /// No ban and no window still counting.
     fn is_idle(&self, now: Instant) -> bool {
-        self.banned_until.is_none_or(|until| until <= now)
-            && now.duration_since(self.window_start) >= FAILURE_WINDOW
+        !self.is_banned(now)
+            && (self.count == 0 || now.duration_since(self.window_start) >= FAILURE_WINDOW)
+    }
+
+    /// Counts one event; the `max`-th within `FAILURE_WINDOW` bans for `ban`.
+    fn hit(&mut self, now: Instant, max: u32, ban: Duration) {
+        if now.duration_since(self.window_start) >= FAILURE_WINDOW {
+            self.window_start = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        if self.count >= max {
+            self.banned_until = Some(now + ban);
+            self.count = 0;
+        }
     }
 }
 
@@ -180,8 +191,7 @@ impl Strikes {
         self.lock()
             .strikes
             .get(&hash)
-            .and_then(|s| s.banned_until)
-            .is_some_and(|until| until > now)
+            .is_some_and(|s| s.is_banned(now))
     }
 
     /// Counts one event for `key`; the `max`-th within a minute bans the key for `ban`
@@ -193,17 +203,8 @@ impl Strikes {
         let hash = self.hasher.hash_one(key);
         let now = Instant::now();
         let mut map = self.lock();
-        let Some(strike) = map.entry(hash, now) else {
-            return;
-        };
-        if now.duration_since(strike.window_start) >= FAILURE_WINDOW {
-            strike.window_start = now;
-            strike.count = 0;
-        }
-        strike.count += 1;
-        if strike.count >= max {
-            strike.banned_until = Some(now + ban);
-            strike.count = 0;
+        if let Some(strike) = map.entry(hash, now) {
+            strike.hit(now, max, ban);
         }
     }
 }
@@ -227,11 +228,7 @@ impl StrikeMap {
                 return None;
             }
         }
-        Some(self.strikes.entry(hash).or_insert(Strike {
-            window_start: now,
-            count: 0,
-            banned_until: None,
-        }))
+        Some(self.strikes.entry(hash).or_insert_with(|| Strike::new(now)))
     }
 }
 
@@ -261,7 +258,7 @@ impl ConnectionSlot {
         {
             let mut map = shared.sources.lock();
             let source = map.entry(ip, now);
-            if source.banned_until.is_some_and(|until| until > now) {
+            if source.failures.is_banned(now) {
                 return Err(Refusal::Banned);
             }
             if limits.max_connections_per_ip != 0
@@ -368,8 +365,9 @@ mod tests {
     fn strikes_stay_bounded_and_idle_keys_are_swept() {
         let mut map = StrikeMap::default();
         let then = Instant::now();
+        let ban = Duration::from_secs(300);
         for key in 0..MAX_STRIKE_KEYS as u64 {
-            assert!(map.entry(key, then).is_some());
+            map.entry(key, then).unwrap().hit(then, 10, ban);
         }
         // Full of live entries: a new key is not remembered, an old one still is.
         assert!(map.entry(u64::MAX, then).is_none());
