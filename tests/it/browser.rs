@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mqttd::config::{HttpConfig, ListenerConfig};
 use mqttd::mqtt::{
-    Ack, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe,
+    Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe,
     SubscriptionOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -230,28 +230,6 @@ impl Drop for Browser {
     }
 }
 
-fn subscribe(packet_id: u16, filter: &str) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id,
-        properties: Properties::default(),
-        filters: vec![(
-            filter.to_owned(),
-            SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                ..Default::default()
-            },
-        )],
-    })
-}
-
-fn puback(packet_id: u16) -> Packet {
-    Packet::PubAck(Ack {
-        packet_id,
-        reason: ReasonCode::Success,
-        properties: Properties::default(),
-    })
-}
-
 /// One browser run: MQTT.js speaks `browser_version` (5 or 4) over WebSocket, the raw TCP
 /// client `tcp_version`.
 async fn browser_exchanges_messages_with_a_tcp_client(
@@ -268,7 +246,7 @@ async fn browser_exchanges_messages_with_a_tcp_client(
         &format!("tcp-watcher-{browser_version}"),
     )
     .await;
-    tcp.send(subscribe(1, "browser/#")).await;
+    tcp.send(subscribe_packet(1, "browser/#")).await;
     tcp.expect(Packet::SubAck(SubAck {
         packet_id: 1,
         properties: Properties::default(),
@@ -312,7 +290,8 @@ async fn browser_exchanges_messages_with_a_tcp_client(
             QoS::AtLeastOnce
         )
     );
-    tcp.send(puback(from_browser.packet_id.unwrap())).await;
+    tcp.send(puback_packet(from_browser.packet_id.unwrap()))
+        .await;
 
     // And the TCP client's answer reaches the browser.
     let answer = format!("hello from tcp over MQTT {}", tcp_version as u8);

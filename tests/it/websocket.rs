@@ -12,8 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use mqttd::Config;
 use mqttd::config::{CertIdentity, ListenerConfig, TlsConfig};
 use mqttd::mqtt::{
-    Ack, Disconnect, MqttCodec, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
-    SubAck, Subscribe, SubscriptionOptions,
+    Disconnect, MqttCodec, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -192,28 +191,6 @@ fn publish(topic: &str, qos: QoS, packet_id: Option<u16>, payload: &[u8]) -> Pac
     }))
 }
 
-fn puback(packet_id: u16) -> Packet {
-    Packet::PubAck(Ack {
-        packet_id,
-        reason: ReasonCode::Success,
-        properties: Properties::default(),
-    })
-}
-
-fn subscribe(packet_id: u16, filter: &str) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id,
-        properties: Properties::default(),
-        filters: vec![(
-            filter.to_owned(),
-            SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                ..Default::default()
-            },
-        )],
-    })
-}
-
 fn suback(packet_id: u16) -> Packet {
     Packet::SubAck(SubAck {
         packet_id,
@@ -234,30 +211,30 @@ async fn ws_and_tcp_clients_exchange_messages_both_ways() {
     let broker = ws_broker(|_| {});
     let mut ws = WsClient::connected(broker.addr, V5, "ws-client").await;
     let mut tcp = Client::connected(broker.addrs[1], V311, "tcp-client").await;
-    ws.send(subscribe(1, "to/ws")).await;
+    ws.send(subscribe_packet(1, "to/ws")).await;
     ws.expect(suback(1)).await;
-    tcp.send(subscribe(1, "to/tcp")).await;
+    tcp.send(subscribe_packet(1, "to/tcp")).await;
     tcp.expect(suback(1)).await;
 
     ws.send(publish("to/tcp", QoS::AtLeastOnce, Some(7), b"from ws"))
         .await;
-    ws.expect(puback(7)).await;
+    ws.expect(puback_packet(7)).await;
     match tcp.recv().await {
         Some(Ok(Packet::Publish(p))) => {
             assert_eq!((&*p.topic, &p.payload[..]), ("to/tcp", &b"from ws"[..]));
-            tcp.send(puback(p.packet_id.unwrap())).await;
+            tcp.send(puback_packet(p.packet_id.unwrap())).await;
         }
         other => panic!("expected PUBLISH, got {other:?}"),
     }
 
     tcp.send(publish("to/ws", QoS::AtLeastOnce, Some(8), b"from tcp"))
         .await;
-    tcp.expect(puback(8)).await;
+    tcp.expect(puback_packet(8)).await;
     let Some(Packet::Publish(p)) = ws.recv().await else {
         panic!("expected PUBLISH")
     };
     assert_eq!((&*p.topic, &p.payload[..]), ("to/ws", &b"from tcp"[..]));
-    ws.send(puback(p.packet_id.unwrap())).await;
+    ws.send(puback_packet(p.packet_id.unwrap())).await;
 
     ws.send(Packet::PingReq).await;
     ws.expect(Packet::PingResp).await;
@@ -306,7 +283,7 @@ async fn h119_packets_split_over_frames_and_several_in_one_frame_are_parsed() {
     // One message fragmented into three frames (binary, continuation, final continuation),
     // with a PUBLISH cut across the fragments.
     let payload = vec![b'x'; 300];
-    let mut bytes = ws.encode(subscribe(1, "t"));
+    let mut bytes = ws.encode(subscribe_packet(1, "t"));
     bytes.extend_from_slice(&ws.encode(publish("t", QoS::AtLeastOnce, Some(2), &payload)));
     let bytes = bytes.freeze();
     let cut = [bytes.len() / 3, 2 * bytes.len() / 3];
@@ -323,7 +300,7 @@ async fn h119_packets_split_over_frames_and_several_in_one_frame_are_parsed() {
     // The broker's own delivery and the PUBACK may come in either order.
     let mut got = vec![ws.recv().await, ws.recv().await];
     got.sort_by_key(|p| matches!(p, Some(Packet::Publish(_))));
-    assert_eq!(got[0], Some(puback(2)));
+    assert_eq!(got[0], Some(puback_packet(2)));
     let (topic, received) = payload_of(got.pop().unwrap());
     assert_eq!((topic.as_str(), &received[..]), ("t", &payload[..]));
 
@@ -338,7 +315,7 @@ async fn h119_packets_split_over_frames_and_several_in_one_frame_are_parsed() {
         got.iter().filter(|p| **p == Some(Packet::PingResp)).count(),
         2
     );
-    assert!(got.contains(&Some(puback(3))), "{got:?}");
+    assert!(got.contains(&Some(puback_packet(3))), "{got:?}");
 }
 
 /// [MQTT-6.0.0-1]: only binary data frames carry MQTT.
@@ -594,7 +571,7 @@ async fn stalled_subscriber(
     let ws = upgrade(tcp, request(addr, "/mqtt", "mqtt")).await.unwrap();
     let mut client = WsClient::new(ws, V5);
     client.connect(V5, client_id).await;
-    client.send(subscribe(1, filter)).await;
+    client.send(subscribe_packet(1, filter)).await;
     client.expect(suback(1)).await;
     client
 }
@@ -687,12 +664,12 @@ async fn wss_clients_connect_and_exchange_messages_with_tcp_clients() {
     });
     let mut wss = wss_client(broker.addr, &pki, None).await.unwrap();
     wss.connect(V5, "wss-client").await;
-    wss.send(subscribe(1, "secure/#")).await;
+    wss.send(subscribe_packet(1, "secure/#")).await;
     wss.expect(suback(1)).await;
     let mut tcp = Client::connected(broker.addrs[1], V5, "tcp-client").await;
     tcp.send(publish("secure/a", QoS::AtLeastOnce, Some(1), b"over wss"))
         .await;
-    tcp.expect(puback(1)).await;
+    tcp.expect(puback_packet(1)).await;
     let (topic, payload) = payload_of(wss.recv().await);
     assert_eq!(
         (topic.as_str(), &payload[..]),

@@ -11,7 +11,10 @@ use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 
 use mqttd::Config;
-use mqttd::mqtt::{Connect, DecodeError, MqttCodec, Packet, Properties, ProtocolVersion};
+use mqttd::mqtt::{
+    Ack, Connect, DecodeError, MqttCodec, Packet, Properties, ProtocolVersion, QoS, ReasonCode,
+    Subscribe, SubscriptionOptions,
+};
 use mqttd::stats::Counters;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -255,6 +258,30 @@ pub fn connect_with_credentials(
     c.username = Some(username.into());
     c.password = Some(Bytes::copy_from_slice(password.as_bytes()));
     Packet::Connect(c)
+}
+
+/// A SUBSCRIBE to one filter at QoS 1.
+pub fn subscribe_packet(packet_id: u16, filter: &str) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id,
+        properties: Properties::default(),
+        filters: vec![(
+            filter.to_owned(),
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        )],
+    })
+}
+
+/// A PUBACK 0x00.
+pub fn puback_packet(packet_id: u16) -> Packet {
+    Packet::PubAck(Ack {
+        packet_id,
+        reason: ReasonCode::Success,
+        properties: Properties::default(),
+    })
 }
 
 /// Sends raw bytes on a fresh connection and returns everything the broker answers until it
