@@ -249,7 +249,7 @@ impl Registry {
         }
         let router = Arc::new(Router::new(subscriptions));
         {
-            let mut routing = router.lock();
+            let mut routing = router.update();
             for client in &targets {
                 routing.keep(client);
             }
@@ -353,7 +353,7 @@ impl Registry {
                 // The session ends: its Will goes now if its delay has not run out yet.
                 wills.extend(kept.will.map(|(_, w)| w));
             }
-            self.router.lock().forget(&client);
+            self.router.update().forget(&client);
             self.journal
                 .push(StoreOp::DeleteSession { client_id: client });
         }
@@ -451,7 +451,7 @@ impl Registry {
             ),
             (
                 "subscriptions/count",
-                self.router.lock().tree.len().to_string(),
+                self.router.subscription_count(None).to_string(),
             ),
             ("retained messages/count", self.retained.len().to_string()),
             ("messages/received", c.messages_received.total().to_string()),
@@ -610,7 +610,7 @@ impl Registry {
         let ack = hold.then(|| ack.clone());
         if entry.backlog.is_empty() {
             // Sessions must not deliver past the backlog from now on.
-            self.router.lock().set_backlogged(client, true);
+            self.router.update().set_backlogged(client, true);
         }
         entry.backlog.push_back(Held { delivery, ack });
         if !entry.draining {
@@ -671,7 +671,7 @@ impl Registry {
                         }
                         if entry.backlog.is_empty() {
                             entry.draining = false;
-                            act.router.lock().set_backlogged(&client, false);
+                            act.router.update().set_backlogged(&client, false);
                         } else {
                             act.drain(client, conn_id, ctx);
                         }
@@ -689,8 +689,6 @@ impl Registry {
         }
         let mut routes = std::mem::take(&mut self.routes);
         self.router
-            .lock()
-            .tree
             .route(&message.topic, &message.publisher, &mut routes);
         self.deliver(message, &mut routes, ack, ctx);
         self.routes = routes;
@@ -707,7 +705,7 @@ impl Registry {
     ) {
         // Stored once, however many persistent sessions it goes to.
         let mut message_id = None;
-        for mut route in routes.drain(..) {
+        for route in routes.drain(..) {
             let delivery = route.delivery(message);
             self.offer(&route.client, delivery, ack, &mut message_id, ctx);
         }
@@ -748,7 +746,7 @@ impl Registry {
             }
         }
         if !reply.session_present {
-            self.router.lock().tree.remove_client(&client);
+            self.router.update().tree.remove_client(&client);
         }
         if msg.expiry_interval > 0 {
             let kept = self
@@ -819,7 +817,7 @@ impl Handler<Register> for Registry {
         let reply = self.open_session(&mut msg, ctx);
         let stored = self.kept.contains_key(&msg.client_id);
         self.router
-            .lock()
+            .update()
             .connect(&msg.client_id, msg.deliveries.clone(), stored);
         let new = Box::new(Entry::new(
             msg.conn_id,
@@ -873,7 +871,7 @@ impl Handler<Unregister> for Registry {
                     let now = unix_millis();
                     let interval = msg.expiry_interval;
                     kept.expiry_interval = interval;
-                    self.router.lock().disconnect(&client, true);
+                    self.router.update().disconnect(&client, true);
                     kept.expires_at_ms = session_deadline(now, interval);
                     // Due at the earlier of the Will Delay and the end of the session.
                     kept.will = msg
@@ -888,12 +886,12 @@ impl Handler<Unregister> for Registry {
                 Some(_) => {
                     // DISCONNECT set the Session Expiry Interval to 0: the session ends now.
                     self.kept.remove(&client);
-                    self.router.lock().forget(&client);
+                    self.router.update().forget(&client);
                     self.journal.push(StoreOp::DeleteSession {
                         client_id: client.clone(),
                     });
                 }
-                None => self.router.lock().forget(&client),
+                None => self.router.update().forget(&client),
             }
             debug!("client {client:?}: unregistered");
             self.commit_soon(ctx);
@@ -979,7 +977,9 @@ impl Handler<Subscribe> for Registry {
         if let Some(queue) = msg.deliveries
             && let Some(entry) = self.clients.get_mut(&msg.client_id)
         {
-            self.router.lock().set_queue(&msg.client_id, queue.clone());
+            self.router
+                .update()
+                .set_queue(&msg.client_id, queue.clone());
             entry.deliveries = Some(queue);
         }
         let mut matched = Vec::new();
@@ -988,7 +988,7 @@ impl Handler<Subscribe> for Registry {
             let identifier = subscription.identifier;
             // `None`: over the cap. Only a new filter can go over it; it is taken back at once.
             let had = {
-                let tree = &mut self.router.lock().tree;
+                let tree = &mut self.router.update().tree;
                 let had = tree.subscribe(&msg.client_id, &filter, subscription);
                 if !had && tree.client_count(&msg.client_id) > msg.max_subscriptions {
                     tree.unsubscribe(&msg.client_id, &filter);
@@ -1062,7 +1062,7 @@ impl Handler<Unsubscribe> for Registry {
             return MessageResult((vec![false; msg.filters.len()], None));
         }
         let existed: Vec<bool> = {
-            let tree = &mut self.router.lock().tree;
+            let tree = &mut self.router.update().tree;
             msg.filters
                 .iter()
                 .map(|f| tree.unsubscribe(&msg.client_id, f))
@@ -1179,7 +1179,7 @@ impl Handler<crate::messages::Gauges> for Registry {
     fn handle(&mut self, _: crate::messages::Gauges, _: &mut Context<Self>) -> Self::Result {
         crate::messages::RegistryGauges {
             clients: self.clients.len(),
-            subscriptions: self.router.lock().tree.len(),
+            subscriptions: self.router.subscription_count(None),
             retained_messages: self.retained.len(),
             persistent_sessions: self.kept.len(),
             // O(persistent sessions), once per scrape.
@@ -1222,7 +1222,7 @@ impl Registry {
             persistent: kept.is_some(),
             session_expiry_interval: kept.map_or(0, |k| k.expiry_interval),
             inflight: info.inflight.load(std::sync::atomic::Ordering::Relaxed),
-            subscriptions: self.router.lock().tree.client_count(client),
+            subscriptions: self.router.subscription_count(Some(client)),
         }
     }
 }
@@ -1272,7 +1272,7 @@ impl Handler<ListSessions> for Registry {
                     inflight: entry.map_or(0, |e| {
                         e.info.inflight.load(std::sync::atomic::Ordering::Relaxed)
                     }),
-                    subscriptions: self.router.lock().tree.client_count(id),
+                    subscriptions: self.router.subscription_count(Some(id)),
                 })
             })
             .collect();

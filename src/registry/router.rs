@@ -9,9 +9,15 @@
 //! publisher and subscriber [MQTT-4.6.0-6] holds because a subscriber with a backlog takes
 //! nothing directly until the backlog is empty, and a publisher routes nothing directly while
 //! a message of its own is still waiting in the Registry's mailbox (see `InRegistry`).
+//!
+//! A session keeps the routes of the last topic it published to (`RouteCache`), valid until
+//! the Registry changes anything here: a publisher sending a stream to one topic takes the
+//! lock once, not per message. The Registry bumps the generation under the lock before it
+//! counts a message out of `InRegistry`, so a session that sees its own messages routed also
+//! sees every change they caused (a `backlogged` flag set, for one).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::mpsc;
@@ -43,6 +49,28 @@ pub struct Routing {
 #[derive(Default)]
 pub struct Router {
     inner: Mutex<Routing>,
+    /// Bumped, under the lock, by every `update`: a session's `RouteCache` of an older
+    /// generation is stale.
+    generation: AtomicU64,
+}
+
+/// The routes of the last topic a session published to, with what the targets' state was
+/// then. Boxed in the session and made on its first PUBLISH: a subscriber never has one.
+#[derive(Default)]
+pub struct RouteCache {
+    generation: u64,
+    /// `None`: nothing cached (or routes that must be chosen again per message).
+    topic: Option<Arc<str>>,
+    routes: Vec<CachedRoute>,
+    /// Room for the tree's answer, reused.
+    found: Vec<Route>,
+}
+
+struct CachedRoute {
+    route: Route,
+    queue: Option<mpsc::Sender<Delivery>>,
+    stored: bool,
+    backlogged: bool,
 }
 
 impl Router {
@@ -52,13 +80,35 @@ impl Router {
                 tree,
                 targets: HashMap::new(),
             }),
+            generation: AtomicU64::new(0),
         }
     }
 
     /// The lock. Nothing under it panics on purpose; were it poisoned, the state is still
     /// consistent (each update is a single map or tree operation), so it is used as it is.
-    pub fn lock(&self) -> MutexGuard<'_, Routing> {
+    fn lock(&self) -> MutexGuard<'_, Routing> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lock, to change the subscriptions or targets: every session's cache goes stale.
+    pub fn update(&self) -> MutexGuard<'_, Routing> {
+        let routing = self.lock();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        routing
+    }
+
+    /// The Routes of a message the Registry delivers (see `SubscriptionTree::route`).
+    pub fn route(&self, topic: &str, publisher: &str, out: &mut Vec<Route>) {
+        self.lock().tree.route(topic, publisher, out);
+    }
+
+    /// Subscriptions in all, or `client`'s.
+    pub fn subscription_count(&self, client: Option<&str>) -> usize {
+        let routing = self.lock();
+        match client {
+            Some(client) => routing.tree.client_count(client),
+            None => routing.tree.len(),
+        }
     }
 
     /// Routes `message` from a session: every delivery that can go straight into its client's
@@ -68,45 +118,64 @@ impl Router {
     pub fn route_direct(
         &self,
         message: &Arc<AppMessage>,
+        cache: &mut RouteCache,
         rest: &mut Vec<Route>,
         full: &mut Vec<(Route, mpsc::Sender<Delivery>)>,
     ) {
+        let fresh = cache.generation == self.generation.load(Ordering::Acquire)
+            && cache.topic.as_deref() == Some(&*message.topic);
+        if !fresh {
+            self.fill(message, cache);
+        }
+        for cached in &cache.routes {
+            let qos = message.qos.min(cached.route.qos);
+            let registry_only = cached.backlogged || (cached.stored && qos != QoS::AtMostOnce);
+            let Some(queue) = cached.queue.as_ref().filter(|_| !registry_only) else {
+                rest.push(cached.route.clone());
+                continue;
+            };
+            match queue.try_send(cached.route.delivery(message)) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Full(_)) if message.qos == QoS::AtMostOnce => {
+                    full.push((cached.route.clone(), queue.clone()));
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => rest.push(cached.route.clone()),
+            }
+        }
+    }
+
+    /// Caches the routes of `message`'s topic and their targets as they are now.
+    fn fill(&self, message: &Arc<AppMessage>, cache: &mut RouteCache) {
         let mut routing = self.lock();
         let Routing { tree, targets } = &mut *routing;
-        tree.route(&message.topic, &message.publisher, rest);
-        rest.retain_mut(|route| {
-            let Some(target) = targets.get(&route.client) else {
-                // Neither connected nor a persistent session: nothing to deliver to.
-                return false;
-            };
-            let qos = message.qos.min(route.qos);
-            let registry_only = target.backlogged || (target.stored && qos != QoS::AtMostOnce);
-            let Some(queue) = target.queue.as_ref().filter(|_| !registry_only) else {
-                return true;
-            };
-            match queue.try_send(route.delivery(message)) {
-                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => false,
-                Err(mpsc::error::TrySendError::Full(delivery)) => {
-                    route.subscription_ids = delivery.subscription_ids.into();
-                    if message.qos == QoS::AtMostOnce {
-                        full.push((route.clone(), queue.clone()));
-                        return false;
-                    }
-                    true
-                }
-            }
-        });
+        cache.generation = self.generation.load(Ordering::Acquire);
+        cache.routes.clear();
+        let reusable = tree.route(&message.topic, &message.publisher, &mut cache.found);
+        // Neither connected nor a persistent session: nothing to deliver to.
+        cache
+            .routes
+            .extend(cache.found.drain(..).filter_map(|route| {
+                let target = targets.get(&route.client)?;
+                Some(CachedRoute {
+                    route,
+                    queue: target.queue.clone(),
+                    stored: target.stored,
+                    backlogged: target.backlogged,
+                })
+            }));
+        // A shared subscription's member is chosen per message.
+        cache.topic = reusable.then(|| message.topic.clone());
     }
 }
 
 impl Route {
-    /// The delivery of `message` along this Route (its identifiers taken).
-    pub fn delivery(&mut self, message: &Arc<AppMessage>) -> Delivery {
+    /// The delivery of `message` along this Route.
+    pub fn delivery(&self, message: &Arc<AppMessage>) -> Delivery {
         Delivery {
             message: message.clone(),
             qos: message.qos.min(self.qos),
             retain: message.retain && self.retain_as_published,
-            subscription_ids: std::mem::take(&mut self.subscription_ids).into(),
+            subscription_ids: self.subscription_ids.iter().copied().collect(),
             packet_id: None,
             dup: false,
         }

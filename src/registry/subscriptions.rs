@@ -327,8 +327,9 @@ impl SubscriptionTree {
     ///   subscription [MQTT-3.8.3-4], which SUBSCRIBE handling rejects.
     ///
     /// Costs O(levels of `topic` + matching filter prefixes + deliveries); allocates only
-    /// for `out` and the identifiers in it.
-    pub fn route(&mut self, topic: &str, publisher: &str, out: &mut Vec<Route>) {
+    /// for `out` and the identifiers in it. Returns false if a shared subscription matched:
+    /// the next message on `topic` may then take other Routes with no change to the tree.
+    pub fn route(&mut self, topic: &str, publisher: &str, out: &mut Vec<Route>) -> bool {
         let dollar = topic.starts_with('$');
         let mut merger = Merger {
             start: out.len(),
@@ -367,6 +368,7 @@ impl SubscriptionTree {
             }
         }
         merger.map.clear();
+        let unshared = self.shared.is_empty();
         // Shared Routes go after the ordinary ones so that merging never sees them.
         for (id, hash) in self.shared.drain(..) {
             let Some(leaf) = self.nodes[id].leaf(hash).as_deref_mut() else {
@@ -378,6 +380,7 @@ impl SubscriptionTree {
                 }
             }
         }
+        unshared
     }
 
     /// The node for `path`, created as needed.
@@ -809,6 +812,23 @@ mod tests {
         let arena = tree.nodes.len();
         tree.subscribe(&a, "q/r", sub(0, None));
         assert_eq!(tree.nodes.len(), arena);
+    }
+
+    #[test]
+    fn routes_of_a_shared_subscription_are_not_reusable() {
+        let mut tree = SubscriptionTree::default();
+        tree.subscribe(&client("a"), "s/+", sub(0, None));
+        tree.subscribe(&client("m"), "$share/g/s/t", sub(0, None));
+        let mut out = Vec::new();
+        assert!(
+            tree.route("s/u", "p", &mut out),
+            "ordinary subscriptions only"
+        );
+        assert!(
+            !tree.route("s/t", "p", &mut out),
+            "a group's member is picked"
+        );
+        assert_eq!(out.len(), 3);
     }
 
     #[test]

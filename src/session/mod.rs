@@ -46,8 +46,7 @@ use crate::mqtt::{
     ConnAck, Connect, DecodeError, Disconnect, EncodeError, Frame, MqttCodec, Packet,
     ProtocolVersion, QoS, ReasonCode, Will,
 };
-use crate::registry::router::InRegistry;
-use crate::registry::subscriptions::Route;
+use crate::registry::router::{InRegistry, RouteCache};
 use crate::stats::Counters;
 
 /// How long a closing connection may take to flush its last packet before it is dropped.
@@ -180,8 +179,8 @@ pub struct Session {
     /// This session's messages waiting in the Registry's mailbox (see `registry::router`).
     /// Created with the first message the session hands to the Registry.
     in_registry: Option<Arc<InRegistry>>,
-    /// Reused for each message this session routes itself.
-    routes: Vec<Route>,
+    /// The routes of the last topic this session published to (see `registry::router`).
+    routes: Option<Box<RouteCache>>,
     /// Closed while the session waits for room in a subscriber's queue (see `read_gate`).
     gate: Rc<ReadGate>,
     /// Such waits under way.
@@ -245,7 +244,7 @@ impl Session {
             connect_id: None,
             inflight_gauge: Arc::default(),
             in_registry: None,
-            routes: Vec::new(),
+            routes: None,
             gate: Rc::default(),
             holds: 0,
             held: VecDeque::new(),

@@ -178,16 +178,16 @@ impl Session {
             && message.expires_at_ms.is_none()
             && self.in_registry.as_ref().is_none_or(|sent| sent.is_empty());
         let routes = if direct {
-            let mut rest = std::mem::take(&mut self.routes);
+            let cache = self.routes.get_or_insert_default();
+            let mut rest = Vec::new();
             let mut full = Vec::new();
             self.shared
                 .router
-                .route_direct(&message, &mut rest, &mut full);
+                .route_direct(&message, cache, &mut rest, &mut full);
             if !full.is_empty() {
                 self.wait_for_room(&message, full, ctx);
             }
             if rest.is_empty() {
-                self.routes = rest;
                 self.acknowledge(qos, packet_id, ReasonCode::Success);
                 return;
             }
@@ -226,7 +226,7 @@ impl Session {
         self.hold();
         async move {
             let mut late = Vec::new();
-            for (mut route, queue) in full {
+            for (route, queue) in full {
                 match tokio::time::timeout(HOLD_LIMIT, queue.reserve_owned()).await {
                     Ok(Ok(permit)) => {
                         permit.send(route.delivery(&message));

@@ -76,6 +76,24 @@ async fn subscribe_with(
         .await;
 }
 
+/// Unsubscribes and checks the UNSUBACK gives each filter its expected reason.
+async fn unsubscribe(client: &mut Client, packet_id: u16, filters: &[(&str, ReasonCode)]) {
+    client
+        .send(Packet::Unsubscribe(Unsubscribe {
+            packet_id,
+            properties: Properties::default(),
+            filters: filters.iter().map(|(f, _)| f.to_string()).collect(),
+        }))
+        .await;
+    client
+        .expect(Packet::UnsubAck(UnsubAck {
+            packet_id,
+            properties: Properties::default(),
+            reasons: filters.iter().map(|(_, r)| *r).collect(),
+        }))
+        .await;
+}
+
 /// The next PUBLISH the client receives.
 async fn next_publish(client: &mut Client) -> Publish {
     match client.recv().await {
@@ -342,21 +360,59 @@ async fn mqtt_3_8_4_3_resubscribing_replaces_and_unsubscribe_stops_delivery() {
         "end",
         "and did not add a copy"
     );
-    sub.send(Packet::Unsubscribe(Unsubscribe {
-        packet_id: 3,
-        properties: Properties::default(),
-        filters: vec!["t".into(), "never".into()],
-    }))
-    .await;
-    sub.expect(Packet::UnsubAck(UnsubAck {
-        packet_id: 3,
-        properties: Properties::default(),
-        reasons: vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted],
-    }))
+    unsubscribe(
+        &mut sub,
+        3,
+        &[
+            ("t", ReasonCode::Success),
+            ("never", ReasonCode::NoSubscriptionExisted),
+        ],
+    )
     .await;
     publish_qos1(&mut publisher, "t", 4, b"gone").await;
     publish_qos1(&mut publisher, "end", 5, b"").await;
     assert_eq!(next_publish(&mut sub).await.topic, "end");
+}
+
+/// A session keeps the routes of the last topic it published to (`registry::router`); every
+/// change to the subscriptions makes them stale, so the publisher's next message on the same
+/// topic follows the change.
+#[tokio::test]
+async fn a_publishers_next_message_follows_subscriptions_changed_since_its_last_one() {
+    let broker = start_broker();
+    let mut publisher = Client::connected(broker.addr, V5, "pub").await;
+    let mut first = Client::connected(broker.addr, V5, "first").await;
+    subscribe(
+        &mut first,
+        1,
+        &[
+            ("t", options(QoS::AtMostOnce)),
+            ("end", options(QoS::AtMostOnce)),
+        ],
+    )
+    .await;
+    publish_qos1(&mut publisher, "t", 1, b"one").await;
+    assert_eq!(&next_publish(&mut first).await.payload[..], b"one");
+
+    let mut second = Client::connected(broker.addr, V5, "second").await;
+    subscribe(&mut second, 1, &[("t", options(QoS::AtMostOnce))]).await;
+    publish_qos1(&mut publisher, "t", 2, b"two").await;
+    assert_eq!(&next_publish(&mut first).await.payload[..], b"two");
+    assert_eq!(
+        &next_publish(&mut second).await.payload[..],
+        b"two",
+        "a new subscriber gets the next message"
+    );
+
+    unsubscribe(&mut first, 2, &[("t", ReasonCode::Success)]).await;
+    publish_qos1(&mut publisher, "t", 3, b"three").await;
+    publish_qos1(&mut publisher, "end", 4, b"").await;
+    assert_eq!(&next_publish(&mut second).await.payload[..], b"three");
+    assert_eq!(
+        next_publish(&mut first).await.topic,
+        "end",
+        "an unsubscribed client gets nothing more on the topic"
+    );
 }
 
 #[tokio::test]
