@@ -66,6 +66,13 @@ pub struct RouteCache {
     found: Vec<Route>,
 }
 
+impl RouteCache {
+    /// The topic whose routes are cached.
+    pub fn topic(&self) -> Option<&Arc<str>> {
+        self.topic.as_ref()
+    }
+}
+
 struct CachedRoute {
     route: Route,
     queue: Option<mpsc::Sender<Delivery>>,

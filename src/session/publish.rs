@@ -61,7 +61,11 @@ impl Session {
                 {
                     return Err(SessionError::TopicNameInvalid(publish.topic));
                 }
-                let topic: Arc<str> = publish.topic.into();
+                // A publisher mostly repeats its last topic: share that copy.
+                let topic: Arc<str> = match self.routes.as_ref().and_then(|r| r.topic()) {
+                    Some(last) if **last == *publish.topic => last.clone(),
+                    _ => publish.topic.into(),
+                };
                 if let Some(alias) = alias {
                     client.aliases_in.insert(alias, topic.clone());
                 }
