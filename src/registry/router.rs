@@ -54,6 +54,11 @@ pub struct Router {
     generation: AtomicU64,
 }
 
+/// Most routes a session keeps between messages. A topic with more subscribers is routed
+/// under the lock for every message (its deliveries cost more than that anyway): caching it in
+/// every publisher would cost publishers x subscribers, a chat room of 10,000 clients 7 GB.
+const CACHED_ROUTES_MAX: usize = 32;
+
 /// The routes of the last topic a session published to, with what the targets' state was
 /// then. Boxed in the session and made on its first PUBLISH: a subscriber never has one.
 #[derive(Default)]
@@ -149,6 +154,11 @@ impl Router {
                 Err(mpsc::error::TrySendError::Full(_)) => rest.push(cached.route.clone()),
             }
         }
+        if cache.topic.is_none() {
+            cache.routes.clear();
+            cache.routes.shrink_to(CACHED_ROUTES_MAX);
+            cache.found.shrink_to(CACHED_ROUTES_MAX);
+        }
     }
 
     /// Caches the routes of `message`'s topic and their targets as they are now.
@@ -171,7 +181,8 @@ impl Router {
                 })
             }));
         // A shared subscription's member is chosen per message.
-        cache.topic = reusable.then(|| message.topic.clone());
+        let keep = reusable && cache.routes.len() <= CACHED_ROUTES_MAX;
+        cache.topic = keep.then(|| message.topic.clone());
     }
 }
 
@@ -268,5 +279,77 @@ impl InRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.0.load(Ordering::Acquire) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::mqtt::{Properties, SubscriptionOptions};
+    use crate::registry::subscriptions::Subscription;
+
+    fn message(topic: &str) -> Arc<AppMessage> {
+        Arc::new(AppMessage {
+            topic: topic.into(),
+            payload: Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Properties::default(),
+            expires_at_ms: None,
+            publisher: "publisher".into(),
+        })
+    }
+
+    /// A Router with `subscribers` connected clients on topic `t`, and their queues.
+    fn router(subscribers: usize) -> (Router, Vec<mpsc::Receiver<Delivery>>) {
+        let router = Router::default();
+        let mut queues = Vec::new();
+        let mut routing = router.update();
+        for n in 0..subscribers {
+            let client: Arc<str> = format!("s{n}").into();
+            let subscription = Subscription {
+                options: SubscriptionOptions::default(),
+                identifier: None,
+            };
+            routing.tree.subscribe(&client, "t", subscription);
+            let (sender, receiver) = mpsc::channel(4);
+            routing.connect(&client, Some(sender), false);
+            queues.push(receiver);
+        }
+        drop(routing);
+        (router, queues)
+    }
+
+    #[test]
+    fn routes_are_cached_until_the_registry_changes_anything() {
+        let (router, mut queues) = router(2);
+        let mut cache = RouteCache::default();
+        let (mut rest, mut full) = (Vec::new(), Vec::new());
+        router.route_direct(&message("t"), &mut cache, &mut rest, &mut full);
+        assert_eq!(cache.topic().map(|t| &**t), Some("t"));
+        let generation = cache.generation;
+        router.route_direct(&message("t"), &mut cache, &mut rest, &mut full);
+        assert_eq!(cache.generation, generation, "used as it was");
+        router.update().set_backlogged("s0", true);
+        router.route_direct(&message("t"), &mut cache, &mut rest, &mut full);
+        assert_ne!(cache.generation, generation, "filled again");
+        assert_eq!(rest.len(), 1, "s0 is left to the Registry");
+        assert!(full.is_empty());
+        let delivered: Vec<usize> = queues.iter_mut().map(|q| q.len()).collect();
+        assert_eq!(delivered, [2, 3]);
+    }
+
+    #[test]
+    fn a_topic_with_many_subscribers_is_not_kept() {
+        let (router, _queues) = router(CACHED_ROUTES_MAX + 1);
+        let mut cache = RouteCache::default();
+        let (mut rest, mut full) = (Vec::new(), Vec::new());
+        router.route_direct(&message("t"), &mut cache, &mut rest, &mut full);
+        assert!(rest.is_empty() && full.is_empty(), "all delivered");
+        assert!(cache.topic().is_none());
+        assert!(cache.routes.is_empty() && cache.routes.capacity() <= CACHED_ROUTES_MAX);
+        assert!(cache.found.capacity() <= CACHED_ROUTES_MAX);
     }
 }
