@@ -27,6 +27,7 @@ use crate::message::{AppMessage, Delivery};
 use crate::mqtt::QoS;
 
 /// Where one client's deliveries go.
+#[derive(Clone)]
 struct Target {
     /// `None` while a persistent session has no connection, or the connection has no queue
     /// yet (see `messages::Register`): the Registry decides then.
@@ -80,9 +81,7 @@ impl RouteCache {
 
 struct CachedRoute {
     route: Route,
-    queue: Option<mpsc::Sender<Delivery>>,
-    stored: bool,
-    backlogged: bool,
+    target: Target,
 }
 
 impl Router {
@@ -136,53 +135,75 @@ impl Router {
     ) {
         let fresh = cache.generation == self.generation.load(Ordering::Acquire)
             && cache.topic.as_deref() == Some(&*message.topic);
-        if !fresh {
-            self.fill(message, cache);
-        }
-        for cached in &cache.routes {
-            let qos = message.qos.min(cached.route.qos);
-            let registry_only = cached.backlogged || (cached.stored && qos != QoS::AtMostOnce);
-            let Some(queue) = cached.queue.as_ref().filter(|_| !registry_only) else {
-                rest.push(cached.route.clone());
-                continue;
-            };
-            match queue.try_send(cached.route.delivery(message)) {
-                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-                Err(mpsc::error::TrySendError::Full(_)) if message.qos == QoS::AtMostOnce => {
-                    full.push((cached.route.clone(), queue.clone()));
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => rest.push(cached.route.clone()),
+        if fresh || self.fill(message, cache, rest, full) {
+            for cached in &cache.routes {
+                send(message, &cached.route, &cached.target, rest, full);
             }
-        }
-        if cache.topic.is_none() {
-            cache.routes.clear();
-            cache.routes.shrink_to(CACHED_ROUTES_MAX);
-            cache.found.shrink_to(CACHED_ROUTES_MAX);
         }
     }
 
-    /// Caches the routes of `message`'s topic and their targets as they are now.
-    fn fill(&self, message: &Arc<AppMessage>, cache: &mut RouteCache) {
+    /// Caches the routes of `message`'s topic and their targets as they are now, and returns
+    /// true. Routes that are not kept (a shared subscription's member is chosen per message;
+    /// more than `CACHED_ROUTES_MAX`) are taken under the lock instead, and false returned.
+    fn fill(
+        &self,
+        message: &Arc<AppMessage>,
+        cache: &mut RouteCache,
+        rest: &mut Vec<Route>,
+        full: &mut Vec<(Route, mpsc::Sender<Delivery>)>,
+    ) -> bool {
         let mut routing = self.lock();
         let Routing { tree, targets } = &mut *routing;
-        cache.generation = self.generation.load(Ordering::Acquire);
+        cache.topic = None;
         cache.routes.clear();
         let reusable = tree.route(&message.topic, &message.publisher, &mut cache.found);
+        let keep = reusable && cache.found.len() <= CACHED_ROUTES_MAX;
         // Neither connected nor a persistent session: nothing to deliver to.
-        cache
-            .routes
-            .extend(cache.found.drain(..).filter_map(|route| {
-                let target = targets.get(&route.client)?;
-                Some(CachedRoute {
-                    route,
-                    queue: target.queue.clone(),
-                    stored: target.stored,
-                    backlogged: target.backlogged,
-                })
-            }));
-        // A shared subscription's member is chosen per message.
-        let keep = reusable && cache.routes.len() <= CACHED_ROUTES_MAX;
-        cache.topic = keep.then(|| message.topic.clone());
+        let found = cache
+            .found
+            .drain(..)
+            .filter_map(|route| Some((targets.get(&route.client)?, route)));
+        if keep {
+            let found = found.map(|(target, route)| CachedRoute {
+                route,
+                target: target.clone(),
+            });
+            cache.routes.extend(found);
+            cache.generation = self.generation.load(Ordering::Acquire);
+            cache.topic = Some(message.topic.clone());
+            return true;
+        }
+        for (target, route) in found {
+            send(message, &route, target, rest, full);
+        }
+        drop(routing);
+        cache.found.shrink_to(CACHED_ROUTES_MAX);
+        false
+    }
+}
+
+/// Puts the delivery along `route` into its client's queue if nothing the Registry holds is
+/// needed; else leaves the Route to the Registry (`rest`), or a QoS 0 message for a full
+/// queue to the session's wait (`full`).
+fn send(
+    message: &Arc<AppMessage>,
+    route: &Route,
+    target: &Target,
+    rest: &mut Vec<Route>,
+    full: &mut Vec<(Route, mpsc::Sender<Delivery>)>,
+) {
+    let qos = message.qos.min(route.qos);
+    let registry_only = target.backlogged || (target.stored && qos != QoS::AtMostOnce);
+    let Some(queue) = target.queue.as_ref().filter(|_| !registry_only) else {
+        rest.push(route.clone());
+        return;
+    };
+    match queue.try_send(route.delivery(message)) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+        Err(mpsc::error::TrySendError::Full(_)) if message.qos == QoS::AtMostOnce => {
+            full.push((route.clone(), queue.clone()));
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => rest.push(route.clone()),
     }
 }
 
