@@ -233,13 +233,20 @@ pub fn validate_rule_topic(topic: &str) -> Result<(), RuleTopicError> {
 /// The authorization of one connection: the rules that apply to it, evaluated in memory.
 #[derive(Debug, Clone)]
 pub struct Acl {
+    /// `None` when no rule applies (most connections, and every idle one would carry 64
+    /// bytes of empty rules): every check then gives `default_allow`.
+    rules: Option<Box<Rules>>,
+    /// The answer when no rule matches.
+    default_allow: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Rules {
     /// Only the rules for this username, this client id, or everyone.
     rules: Vec<AclRule>,
     /// `None` also when the username could never match `%u` safely (see [`substitute`]).
     username: Option<String>,
     client_id: Option<String>,
-    /// The answer when no rule matches.
-    default_allow: bool,
 }
 
 impl Acl {
@@ -258,9 +265,13 @@ impl Acl {
             .collect();
         let has_own_rules = rules.iter().any(|r| r.names(username, client_id));
         Acl {
-            rules,
-            username: substitute(username),
-            client_id: substitute(Some(client_id)),
+            rules: (!rules.is_empty()).then(|| {
+                Box::new(Rules {
+                    rules,
+                    username: substitute(username),
+                    client_id: substitute(Some(client_id)),
+                })
+            }),
             default_allow: default_allow && !has_own_rules,
         }
     }
@@ -268,9 +279,7 @@ impl Acl {
     /// An Acl that allows everything (no rules at all and default allow) — cheap to check.
     pub fn allow_all() -> Acl {
         Acl {
-            rules: Vec::new(),
-            username: None,
-            client_id: None,
+            rules: None,
             default_allow: true,
         }
     }
@@ -278,14 +287,17 @@ impl Acl {
     /// Whether `action` on `topic_or_filter` is allowed: a topic name for publish and receive,
     /// a (possibly shared) topic filter for subscribe. The caller validates it first.
     pub fn allows(&self, action: AclAction, topic_or_filter: &str) -> bool {
+        let Some(rules) = &self.rules else {
+            return self.default_allow;
+        };
         let target = match action {
             AclAction::Subscribe => topic::split_shared(topic_or_filter)
                 .map_or(topic_or_filter, |(_group, filter)| filter),
             AclAction::Publish | AclAction::Receive => topic_or_filter,
         };
         let mut allowed = false;
-        for rule in self.rules.iter().filter(|r| r.action == action) {
-            if self.covers(&rule.topic, target) {
+        for rule in rules.rules.iter().filter(|r| r.action == action) {
+            if rules.covers(&rule.topic, target) {
                 match rule.permission {
                     AclPermission::Deny => return false,
                     AclPermission::Allow => allowed = true,
@@ -294,7 +306,9 @@ impl Acl {
         }
         allowed || self.default_allow
     }
+}
 
+impl Rules {
     /// Whether rule filter `rule` matches topic name `target`, or covers topic filter `target`.
     /// One loop serves both: a topic name has no wildcards, and in a filter a requested `+` or
     /// `#` only equals the same rule level. Iterative, so deep topics cost no stack
