@@ -115,7 +115,6 @@ impl Session {
             acl: Acl::allow_all(),
             will: connect.will.map(Box::new),
             awaiting_rel: Default::default(),
-            aliases_in: Default::default(),
             inflight: Default::default(),
             next_packet_id: 1,
             receive_maximum: p
@@ -128,7 +127,7 @@ impl Session {
             } else {
                 0
             },
-            aliases_out: Default::default(),
+            aliases: None,
         });
 
         // A stored session may come back with subscriptions; a clean one has none yet.

@@ -210,12 +210,13 @@ fn apply_topic_alias(client: &mut Client, publish: &mut OutPublish<AppMessage>) 
         return;
     }
     let topic = &publish.message.topic;
-    if let Some(&alias) = client.aliases_out.get(topic) {
+    let aliases = &mut client.aliases.get_or_insert_default().outbound;
+    if let Some(&alias) = aliases.get(topic) {
         publish.send_topic = false;
         publish.topic_alias = Some(alias);
-    } else if client.aliases_out.len() < usize::from(client.topic_alias_maximum) {
-        let alias = client.aliases_out.len() as u16 + 1;
-        client.aliases_out.insert(topic.clone(), alias);
+    } else if aliases.len() < usize::from(client.topic_alias_maximum) {
+        let alias = aliases.len() as u16 + 1;
+        aliases.insert(topic.clone(), alias);
         publish.topic_alias = Some(alias);
     }
 }

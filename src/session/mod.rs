@@ -127,8 +127,6 @@ struct Client {
     will: Option<Box<Will>>,
     /// Packet ids of inbound QoS 2 PUBLISH answered with PUBREC and awaiting PUBREL.
     awaiting_rel: HashSet<u16, IdHash>,
-    /// Topic aliases the client has set towards the broker (§3.3.2.3.4).
-    aliases_in: HashMap<u16, Arc<str>>,
     /// Outbound QoS 1/2 PUBLISH not yet completed, by packet id.
     inflight: HashMap<u16, Outbound, IdHash>,
     /// Where the search for the next free packet id starts.
@@ -137,9 +135,20 @@ struct Client {
     receive_maximum: u16,
     /// The client's Maximum Packet Size: larger deliveries are dropped for it [MQTT-3.1.2-25].
     maximum_packet_size: Option<u32>,
-    /// The client's Topic Alias Maximum, and the aliases the broker has given topics.
+    /// The client's Topic Alias Maximum.
     topic_alias_maximum: u16,
-    aliases_out: HashMap<Arc<str>, u16>,
+    /// Made with the first alias: most clients use none, and two empty maps would cost every
+    /// idle connection 96 bytes.
+    aliases: Option<Box<Aliases>>,
+}
+
+/// Topic aliases in both directions (§3.3.2.3.4).
+#[derive(Default)]
+struct Aliases {
+    /// Set by the client towards the broker.
+    inbound: HashMap<u16, Arc<str>>,
+    /// Given by the broker to the topics it sends.
+    outbound: HashMap<Arc<str>, u16>,
 }
 
 pub struct Session {

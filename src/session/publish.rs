@@ -51,8 +51,9 @@ impl Session {
                 return Err(SessionError::TopicAliasInvalid(alias));
             }
             (Some(alias), true) => client
-                .aliases_in
-                .get(&alias)
+                .aliases
+                .as_ref()
+                .and_then(|a| a.inbound.get(&alias))
                 .cloned()
                 .ok_or(SessionError::UnknownTopicAlias(alias))?,
             (alias, false) => {
@@ -67,7 +68,8 @@ impl Session {
                     _ => publish.topic.into(),
                 };
                 if let Some(alias) = alias {
-                    client.aliases_in.insert(alias, topic.clone());
+                    let aliases = client.aliases.get_or_insert_default();
+                    aliases.inbound.insert(alias, topic.clone());
                 }
                 topic
             }
