@@ -705,8 +705,8 @@ impl Registry {
     ) {
         // Stored once, however many persistent sessions it goes to.
         let mut message_id = None;
-        for route in routes.drain(..) {
-            let delivery = route.delivery(message);
+        for mut route in routes.drain(..) {
+            let delivery = route.take_delivery(message);
             self.offer(&route.client, delivery, ack, &mut message_id, ctx);
         }
     }

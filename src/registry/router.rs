@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::mpsc;
 
 use super::subscriptions::{Route, SubscriptionTree};
-use crate::message::{AppMessage, Delivery};
+use crate::message::{AppMessage, Delivery, SubscriptionIds};
 use crate::mqtt::QoS;
 
 /// Where one client's deliveries go.
@@ -208,13 +208,23 @@ fn send(
 }
 
 impl Route {
-    /// The delivery of `message` along this Route.
+    /// The delivery of `message` along this Route (a cached one: its identifiers copied).
     pub fn delivery(&self, message: &Arc<AppMessage>) -> Delivery {
+        self.delivery_with(message, self.subscription_ids.iter().copied().collect())
+    }
+
+    /// The delivery of `message` along a Route used once: its identifiers taken, not copied.
+    pub fn take_delivery(&mut self, message: &Arc<AppMessage>) -> Delivery {
+        let ids = std::mem::take(&mut self.subscription_ids).into();
+        self.delivery_with(message, ids)
+    }
+
+    fn delivery_with(&self, message: &Arc<AppMessage>, ids: SubscriptionIds) -> Delivery {
         Delivery {
             message: message.clone(),
             qos: message.qos.min(self.qos),
             retain: message.retain && self.retain_as_published,
-            subscription_ids: self.subscription_ids.iter().copied().collect(),
+            subscription_ids: ids,
             packet_id: None,
             dup: false,
         }

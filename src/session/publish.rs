@@ -232,10 +232,10 @@ impl Session {
         self.hold();
         async move {
             let mut late = Vec::new();
-            for (route, queue) in full {
+            for (mut route, queue) in full {
                 match tokio::time::timeout(HOLD_LIMIT, queue.reserve_owned()).await {
                     Ok(Ok(permit)) => {
-                        permit.send(route.delivery(&message));
+                        permit.send(route.take_delivery(&message));
                     }
                     Ok(Err(_)) => {}
                     Err(_) => late.push(route),
