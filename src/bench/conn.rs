@@ -15,7 +15,7 @@ pub async fn run(args: &BenchArgs, options: &ConnectOptions) -> Result<Report, B
     let started = Instant::now();
     let results = open_all((0..clients).map(|i| {
         let options = options.clone();
-        async move { client::open_and_time(&options, format!("bench-{tag}-c{i}")).await }
+        async move { client::open_and_time(&options, i, format!("bench-{tag}-c{i}")).await }
     }))
     .await;
     let opening = started.elapsed();

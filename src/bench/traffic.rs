@@ -72,7 +72,8 @@ pub async fn run(args: &BenchArgs, options: &ConnectOptions) -> Result<Report, B
             .map(|(i, (filter, _))| {
                 let (options, filter) = (options.clone(), filter.clone());
                 async move {
-                    let mut conn = client::connect(&options, format!("bench-{tag}-s{i}")).await?;
+                    let mut conn =
+                        client::connect(&options, i as u32, format!("bench-{tag}-s{i}")).await?;
                     client::subscribe(&mut conn, &filter, qos).await?;
                     Ok(conn)
                 }
@@ -83,7 +84,7 @@ pub async fn run(args: &BenchArgs, options: &ConnectOptions) -> Result<Report, B
     .collect::<Result<Vec<Conn>, _>>()?;
     let publishers = open_all((0..layout.publishers.len()).map(|i| {
         let options = options.clone();
-        async move { client::connect(&options, format!("bench-{tag}-p{i}")).await }
+        async move { client::connect(&options, i as u32, format!("bench-{tag}-p{i}")).await }
     }))
     .await
     .into_iter()
