@@ -286,6 +286,11 @@ impl Acl {
 
     /// Whether `action` on `topic_or_filter` is allowed: a topic name for publish and receive,
     /// a (possibly shared) topic filter for subscribe. The caller validates it first.
+    /// Whether every check gives yes: no rule applies and the default allows.
+    pub fn allows_everything(&self) -> bool {
+        self.rules.is_none() && self.default_allow
+    }
+
     pub fn allows(&self, action: AclAction, topic_or_filter: &str) -> bool {
         let Some(rules) = &self.rules else {
             return self.default_allow;

@@ -23,6 +23,7 @@ use crate::messages::{
 };
 use crate::registry::router::Router;
 use crate::registry::{Registry, Settings};
+use crate::session::thread_parks;
 use crate::stats::Counters;
 use crate::tls::{TlsAcceptor, TlsError};
 use crate::websocket::WebSocketAcceptor;
@@ -119,9 +120,10 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         counters: counters.clone(),
         config,
     });
-    let arbiters: Vec<Arbiter> = (0..shared.config.worker_count())
-        .map(|_| Arbiter::new())
-        .collect();
+    let arbiters = (0..shared.config.worker_count())
+        .map(|_| Arbiter::try_with_tokio_rt(session_runtime))
+        .collect::<Result<Vec<Arbiter>, _>>()
+        .map_err(BrokerError::Arbiter)?;
     let handles: Arc<[ArbiterHandle]> = arbiters.iter().map(Arbiter::handle).collect();
     // Connection ids start at the start-up time in microseconds, so they stay unique across
     // restarts too (the database uses them to match a disconnect to its connect).
@@ -280,6 +282,16 @@ impl Broker {
             arbiter.stop();
         }
     }
+}
+
+/// A session Arbiter's runtime: actix's own (one thread, I/O and timers), plus the hooks that
+/// tell bypasses whether the thread sleeps (see `session::bypass`).
+fn session_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_park(|| thread_parks(true))
+        .on_thread_unpark(|| thread_parks(false))
+        .build()
 }
 
 /// How often the connection count is checked for a burst that has ended.

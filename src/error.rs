@@ -23,4 +23,6 @@ pub enum BrokerError {
     Db(#[from] DbError),
     #[error("database actor unavailable: {0}")]
     Mailbox(#[from] actix::MailboxError),
+    #[error("cannot start a session thread: {0}")]
+    Arbiter(std::io::Error),
 }

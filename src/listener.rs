@@ -4,18 +4,19 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use log::{debug, info, warn};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::admission::ConnectionSlot;
 use crate::broker::Shared;
 use crate::messages::StopAccepting;
-use crate::session::{BoxedRead, BoxedWrite, Session};
+use crate::session::{BoxedRead, BoxedWrite, Session, TcpOut};
 use crate::stats::Counters;
 use crate::tls::{self, TlsAcceptor};
 use crate::websocket::{self, WebSocketAcceptor};
@@ -124,14 +125,24 @@ impl Listener {
             // The slot is held through the handshakes, which the connect timeout bounds.
             let timeout = shared.config.connect_timeout();
             let opened = handshake(stream, tls.as_deref(), websocket.as_deref(), timeout).await;
-            let (reader, writer, cert_username) = match opened {
+            let (reader, writer, cert_username, socket) = match opened {
                 Ok(opened) => opened,
                 Err(e) => {
                     info!("{peer}: {e}");
                     return;
                 }
             };
-            Session::new(reader, writer, peer, conn_id, slot, shared, cert_username).start();
+            Session::new(
+                reader,
+                writer,
+                peer,
+                conn_id,
+                slot,
+                shared,
+                cert_username,
+                socket,
+            )
+            .start();
         });
         if !started {
             warn!("{peer}: the session Arbiter has stopped; connection dropped");
@@ -140,25 +151,35 @@ impl Listener {
     }
 }
 
+/// The two halves of the MQTT byte stream, the client certificate's username, and the
+/// writing half of a plain TCP connection for the session's bypass.
+type Opened = (
+    BoxedRead,
+    BoxedWrite,
+    Option<String>,
+    Option<Weak<OwnedWriteHalf>>,
+);
+
 /// Runs the listener's handshakes, TLS then the WebSocket upgrade, together within `timeout`.
-/// Returns the two halves of the MQTT byte stream and the client certificate's username.
 async fn handshake(
     stream: TcpStream,
     tls: Option<&TlsAcceptor>,
     websocket: Option<&WebSocketAcceptor>,
     timeout: Duration,
-) -> Result<(BoxedRead, BoxedWrite, Option<String>), HandshakeError> {
+) -> Result<Opened, HandshakeError> {
     let started = tokio::time::Instant::now();
     let remaining = || timeout.saturating_sub(started.elapsed());
     Ok(match (tls, websocket) {
         (None, None) => {
             // Owned halves: no lock between reading and writing.
             let (r, w) = stream.into_split();
-            (Box::new(r), Box::new(w), None)
+            let w = Arc::new(w);
+            let socket = Arc::downgrade(&w);
+            (Box::new(r), Box::new(TcpOut(w)), None, Some(socket))
         }
         (None, Some(websocket)) => {
             let (r, w) = websocket.accept(stream, timeout).await?;
-            (r, w, None)
+            (r, w, None, None)
         }
         (Some(tls), websocket) => {
             let (stream, cert_username) = tls.accept(stream, timeout).await?;
@@ -169,7 +190,7 @@ async fn handshake(
                 }
                 Some(websocket) => websocket.accept(stream, remaining()).await?,
             };
-            (r, w, cert_username)
+            (r, w, cert_username, None)
         }
     })
 }

@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::acl::AclRule;
 use crate::db::DbError;
 use crate::message::{AppMessage, Delivery};
 use crate::mqtt::ReasonCode;
 use crate::persist::{StoreOp, StoredState, StoredWill};
-use crate::registry::router::InRegistry;
+use crate::registry::router::{InRegistry, Outlet};
 use crate::registry::subscriptions::{Route, Subscription};
 use crate::session::{Abort, Session};
 
@@ -73,7 +73,7 @@ pub struct Register {
     /// The session's bounded delivery queue; the Registry only ever `try_send`s into it.
     /// `None` for a new clean session, which gets its queue with its first SUBSCRIBE: most
     /// idle connections never subscribe, and the queue is the largest thing they would hold.
-    pub deliveries: Option<mpsc::Sender<Delivery>>,
+    pub deliveries: Option<Outlet>,
     /// Ends the connection when it does not answer `Close` (paused on a full socket).
     pub abort: Arc<Abort>,
     pub clean_start: bool,
@@ -133,7 +133,7 @@ pub struct Subscribe {
     pub filters: Vec<(String, Subscription)>,
     pub max_subscriptions: usize,
     /// The session's delivery queue, with its first SUBSCRIBE if it had none (see `Register`).
-    pub deliveries: Option<mpsc::Sender<Delivery>>,
+    pub deliveries: Option<Outlet>,
 }
 
 /// The answer to `Subscribe`.

@@ -52,11 +52,14 @@ pub struct Counters {
     /// Connections closed at accept: over `max_connections`, the per-address caps, or from a
     /// banned address.
     pub connections_refused: AtomicU64,
+    /// QoS 0 deliveries written to an idle subscriber's socket by the publisher's thread (see
+    /// `session::bypass`); also counted in `messages_sent`.
+    pub messages_direct: AtomicU64,
 }
 
 impl Counters {
     /// How many counters there are (the length of [`Counters::all`]).
-    pub const LEN: usize = 13;
+    pub const LEN: usize = 14;
 
     pub fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
@@ -94,6 +97,7 @@ impl Counters {
             logins_banned,
             connects_received,
             connections_refused,
+            messages_direct,
         } = self;
         [
             (
@@ -116,6 +120,12 @@ impl Counters {
                 "CONNECTs refused for an address or username banned after authentication \
                  failures",
                 Self::get(logins_banned),
+            ),
+            (
+                "messages_direct",
+                "QoS 0 deliveries written to an idle subscriber's socket by the publisher's \
+                 thread (also in messages_sent)",
+                Self::get(messages_direct),
             ),
             (
                 "dropped_qos0",

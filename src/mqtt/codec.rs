@@ -360,6 +360,10 @@ impl<M: SharedPublish> Encoder<Frame<M>> for MqttCodec {
         match item {
             Frame::Packet(packet) => self.encode_packet(&packet, dst),
             Frame::Publish(publish) => self.encode_publish(&publish, dst),
+            Frame::Raw(bytes) => {
+                dst.extend_from_slice(&bytes);
+                Ok(())
+            }
         }
     }
 }

@@ -28,6 +28,8 @@ pub trait SharedPublish {
 pub enum Frame<M> {
     Packet(Packet),
     Publish(OutPublish<M>),
+    /// Bytes already encoded: the unsent end of a packet whose start was written elsewhere.
+    Raw(Bytes),
 }
 
 /// One delivery of a shared message as a PUBLISH.

@@ -822,7 +822,7 @@ impl Handler<Register> for Registry {
         let new = Box::new(Entry::new(
             msg.conn_id,
             msg.session,
-            msg.deliveries,
+            msg.deliveries.map(|outlet| outlet.queue),
             msg.abort,
             msg.info,
         ));
@@ -974,13 +974,11 @@ impl Handler<Subscribe> for Registry {
             // From a connection already taken over; it is closing and needs no answer.
             return MessageResult(reply);
         }
-        if let Some(queue) = msg.deliveries
+        if let Some(outlet) = msg.deliveries
             && let Some(entry) = self.clients.get_mut(&msg.client_id)
         {
-            self.router
-                .update()
-                .set_queue(&msg.client_id, queue.clone());
-            entry.deliveries = Some(queue);
+            entry.deliveries = Some(outlet.queue.clone());
+            self.router.update().set_queue(&msg.client_id, outlet);
         }
         let mut matched = Vec::new();
         for (filter, subscription) in msg.filters {

@@ -25,6 +25,15 @@ use tokio::sync::mpsc;
 use super::subscriptions::{Route, SubscriptionTree};
 use crate::message::{AppMessage, Delivery, SubscriptionIds};
 use crate::mqtt::QoS;
+use crate::session::{Bypass, DirectWrites};
+use crate::stats::Counters;
+
+/// A connection's delivery queue, and its bypass if it has one (see `session::bypass`).
+#[derive(Clone, Debug)]
+pub struct Outlet {
+    pub queue: mpsc::Sender<Delivery>,
+    pub bypass: Option<Arc<Bypass>>,
+}
 
 /// Where one client's deliveries go.
 #[derive(Clone)]
@@ -32,6 +41,7 @@ struct Target {
     /// `None` while a persistent session has no connection, or the connection has no queue
     /// yet (see `messages::Register`): the Registry decides then.
     queue: Option<mpsc::Sender<Delivery>>,
+    bypass: Option<Arc<Bypass>>,
     /// A persistent session: QoS 1/2 deliveries are stored by the Registry first.
     stored: bool,
     /// Deliveries wait in the client's Registry backlog: later ones must queue behind them.
@@ -126,18 +136,31 @@ impl Router {
     /// queue goes there; the Routes left in `rest` are the Registry's to deliver. A QoS 0
     /// message for a queue that is full (but has no backlog) goes to `full` instead, with the
     /// queue, for the session to wait for room (see `Session::wait_for_room`).
+    ///
+    /// A QoS 0 delivery to an idle subscriber is written to its socket (`Bypass`), but only
+    /// along cached routes: under the lock it would hold up every other publisher.
     pub fn route_direct(
         &self,
         message: &Arc<AppMessage>,
         cache: &mut RouteCache,
         rest: &mut Vec<Route>,
         full: &mut Vec<(Route, mpsc::Sender<Delivery>)>,
+        counters: &Counters,
     ) {
         let fresh = cache.generation == self.generation.load(Ordering::Acquire)
             && cache.topic.as_deref() == Some(&*message.topic);
         if fresh || self.fill(message, cache, rest, full) {
+            let mut direct = DirectWrites::new(counters);
             for cached in &cache.routes {
-                send(message, &cached.route, &cached.target, rest, full);
+                let target = &cached.target;
+                send(
+                    message,
+                    &cached.route,
+                    target,
+                    rest,
+                    full,
+                    Some(&mut direct),
+                );
             }
         }
     }
@@ -174,7 +197,7 @@ impl Router {
             return true;
         }
         for (target, route) in found {
-            send(message, &route, target, rest, full);
+            send(message, &route, target, rest, full, None);
         }
         drop(routing);
         cache.found.shrink_to(CACHED_ROUTES_MAX);
@@ -184,13 +207,15 @@ impl Router {
 
 /// Puts the delivery along `route` into its client's queue if nothing the Registry holds is
 /// needed; else leaves the Route to the Registry (`rest`), or a QoS 0 message for a full
-/// queue to the session's wait (`full`).
+/// queue to the session's wait (`full`). With `direct`, a QoS 0 delivery may be written to the
+/// client's socket instead of queued.
 fn send(
     message: &Arc<AppMessage>,
     route: &Route,
     target: &Target,
     rest: &mut Vec<Route>,
     full: &mut Vec<(Route, mpsc::Sender<Delivery>)>,
+    direct: Option<&mut DirectWrites>,
 ) {
     let qos = message.qos.min(route.qos);
     let registry_only = target.backlogged || (target.stored && qos != QoS::AtMostOnce);
@@ -198,6 +223,12 @@ fn send(
         rest.push(route.clone());
         return;
     };
+    if qos == QoS::AtMostOnce
+        && let (Some(direct), Some(bypass)) = (direct, &target.bypass)
+        && bypass.deliver(route, message, queue, direct)
+    {
+        return;
+    }
     match queue.try_send(route.delivery(message)) {
         Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
         Err(mpsc::error::TrySendError::Full(_)) if message.qos == QoS::AtMostOnce => {
@@ -233,16 +264,13 @@ impl Route {
 
 impl Routing {
     /// A connection registered `client` (replacing an earlier connection's queue).
-    pub fn connect(
-        &mut self,
-        client: &Arc<str>,
-        queue: Option<mpsc::Sender<Delivery>>,
-        stored: bool,
-    ) {
+    pub fn connect(&mut self, client: &Arc<str>, outlet: Option<Outlet>, stored: bool) {
+        let (queue, bypass) = outlet.map_or((None, None), |o| (Some(o.queue), o.bypass));
         self.targets.insert(
             client.clone(),
             Target {
                 queue,
+                bypass,
                 stored,
                 backlogged: false,
             },
@@ -250,9 +278,10 @@ impl Routing {
     }
 
     /// `client`'s connection opened its delivery queue.
-    pub fn set_queue(&mut self, client: &str, queue: mpsc::Sender<Delivery>) {
+    pub fn set_queue(&mut self, client: &str, outlet: Outlet) {
         if let Some(target) = self.targets.get_mut(client) {
-            target.queue = Some(queue);
+            target.queue = Some(outlet.queue);
+            target.bypass = outlet.bypass;
         }
     }
 
@@ -261,6 +290,7 @@ impl Routing {
         if stored {
             if let Some(target) = self.targets.get_mut(client) {
                 target.queue = None;
+                target.bypass = None;
                 target.backlogged = false;
             }
         } else {
@@ -273,6 +303,7 @@ impl Routing {
     pub fn keep(&mut self, client: &Arc<str>) {
         self.targets.entry(client.clone()).or_insert(Target {
             queue: None,
+            bypass: None,
             stored: true,
             backlogged: false,
         });
@@ -346,7 +377,14 @@ mod tests {
             };
             routing.tree.subscribe(&client, "t", subscription);
             let (sender, receiver) = mpsc::channel(4);
-            routing.connect(&client, Some(sender), false);
+            routing.connect(
+                &client,
+                Some(Outlet {
+                    queue: sender,
+                    bypass: None,
+                }),
+                false,
+            );
             queues.push(receiver);
         }
         drop(routing);
@@ -356,15 +394,16 @@ mod tests {
     #[test]
     fn routes_are_cached_until_the_registry_changes_anything() {
         let (router, mut queues) = router(2);
+        let counters = Counters::default();
         let mut cache = RouteCache::default();
         let (mut rest, mut full) = (Vec::new(), Vec::new());
-        router.route_direct(&message("t"), &mut cache, &mut rest, &mut full);
+        router.route_direct(&message("t"), &mut cache, &mut rest, &mut full, &counters);
         assert_eq!(cache.topic().map(|t| &**t), Some("t"));
         let generation = cache.generation;
-        router.route_direct(&message("t"), &mut cache, &mut rest, &mut full);
+        router.route_direct(&message("t"), &mut cache, &mut rest, &mut full, &counters);
         assert_eq!(cache.generation, generation, "used as it was");
         router.update().set_backlogged("s0", true);
-        router.route_direct(&message("t"), &mut cache, &mut rest, &mut full);
+        router.route_direct(&message("t"), &mut cache, &mut rest, &mut full, &counters);
         assert_ne!(cache.generation, generation, "filled again");
         assert_eq!(rest.len(), 1, "s0 is left to the Registry");
         assert!(full.is_empty());
@@ -375,9 +414,10 @@ mod tests {
     #[test]
     fn a_topic_with_many_subscribers_is_not_kept() {
         let (router, _queues) = router(CACHED_ROUTES_MAX + 1);
+        let counters = Counters::default();
         let mut cache = RouteCache::default();
         let (mut rest, mut full) = (Vec::new(), Vec::new());
-        router.route_direct(&message("t"), &mut cache, &mut rest, &mut full);
+        router.route_direct(&message("t"), &mut cache, &mut rest, &mut full, &counters);
         assert!(rest.is_empty() && full.is_empty(), "all delivered");
         assert!(cache.topic().is_none());
         assert!(cache.routes.is_empty() && cache.routes.capacity() <= CACHED_ROUTES_MAX);

@@ -346,6 +346,9 @@ impl Session {
             &client.client_id,
             config.acl_default == AclDefault::Allow,
         );
+        if let Some(bypass) = &self.bypass {
+            bypass.set_allowed(client.acl.allows_everything());
+        }
         let limits = &config.limits;
         let properties = if client.protocol.is_v5() {
             Properties::from(PropertyValues {

@@ -6,11 +6,13 @@
 //! or the socket's write buffer is over its high-water mark (actix `FramedWrite` then pauses
 //! the actor), the queue fills and the Registry drops further messages for this client.
 
+use std::future::poll_fn;
 use std::sync::atomic::Ordering;
 
 use actix::prelude::*;
 use log::debug;
 
+use super::bypass::Pumped;
 use super::{Client, Outbound, Phase, Session};
 use crate::acl::AclAction;
 use crate::clock::unix_millis;
@@ -35,26 +37,44 @@ impl Session {
             return;
         };
         self.pumping = true;
+        let bypass = self.bypass.clone();
+        let watch = self.watch.clone();
         async move {
             let mut batch = Vec::new();
-            if let Some(first) = queue.recv().await {
-                batch.push(first);
-                // Woken by one delivery, let the Arbiter's other ready sessions run first: the
-                // publishers among them fill the queue meanwhile, so one write carries a batch
-                // instead of a message (fan-out QoS 1: ~10 % less CPU per message).
-                tokio::task::yield_now().await;
-                while batch.len() < PUMP_BATCH {
-                    match queue.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
+            let first = match &bypass {
+                Some(bypass) => poll_fn(|cx| bypass.poll_next(&mut queue, &watch, cx)).await,
+                None => Pumped::Delivery(queue.recv().await),
+            };
+            let residue = match first {
+                Pumped::Residue(residue) => Some(residue),
+                Pumped::Delivery(None) => None,
+                Pumped::Delivery(Some(first)) => {
+                    batch.push(first);
+                    // Woken by one delivery, let the Arbiter's other ready sessions run first:
+                    // the publishers among them fill the queue meanwhile, so one write carries
+                    // a batch instead of a message (fan-out QoS 1: ~10 % less CPU per message).
+                    tokio::task::yield_now().await;
+                    while batch.len() < PUMP_BATCH {
+                        match queue.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
                     }
+                    None
                 }
-            }
-            (queue, batch)
+            };
+            (queue, batch, residue)
         }
         .into_actor(self)
-        .map(|(queue, batch), act, ctx| {
+        .map(|(queue, batch, residue), act, ctx| {
             act.pumping = false;
+            if let Some(residue) = residue {
+                // The end of a PUBLISH a publisher's thread began: before anything else.
+                act.deliveries = Some(queue);
+                act.write(Frame::Raw(residue));
+                act.pump(ctx);
+                return;
+            }
             // An empty batch means the Registry dropped the sender: nothing more will come.
             if batch.is_empty() {
                 return;

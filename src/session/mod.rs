@@ -5,6 +5,7 @@
 //! the only place that sends a refusing CONNACK or a server DISCONNECT. Replies are written
 //! with a `FramedWrite`, opened when CONNECT reveals the protocol version.
 
+mod bypass;
 mod connect;
 mod deliver;
 mod error;
@@ -19,16 +20,19 @@ use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use actix::io::{FramedWrite, WriteHandler};
 use actix::prelude::*;
 use log::{debug, info, warn};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
+pub use bypass::{Bypass, DirectWrites, TcpOut, thread_parks};
+use bypass::{CountingCodec, WriteWatch};
 pub use error::SessionError;
 use read_gate::{Gated, ReadGate};
 use reader::{Inbound, PacketStream};
@@ -46,7 +50,7 @@ use crate::mqtt::{
     ConnAck, Connect, DecodeError, Disconnect, EncodeError, Frame, MqttCodec, Packet,
     ProtocolVersion, QoS, ReasonCode, Will,
 };
-use crate::registry::router::{InRegistry, RouteCache};
+use crate::registry::router::{InRegistry, Outlet, RouteCache};
 use crate::stats::Counters;
 
 /// How long a closing connection may take to flush its last packet before it is dropped.
@@ -54,7 +58,7 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub type BoxedRead = Box<dyn AsyncRead + Unpin>;
 pub type BoxedWrite = Box<dyn AsyncWrite + Unpin>;
-type PacketWriter = FramedWrite<Frame<AppMessage>, SendTimeout<BoxedWrite>, MqttCodec>;
+type PacketWriter = FramedWrite<Frame<AppMessage>, SendTimeout<BoxedWrite>, CountingCodec>;
 
 /// The writing half: nothing may be written before CONNECT tells the protocol version.
 enum Writer {
@@ -182,7 +186,7 @@ pub struct Session {
     end_reason: Cow<'static, str>,
     /// The client identifier of the CONNECT being handled, as sent, for the log of a refusal
     /// that comes before the identifier is accepted.
-    connect_id: Option<String>,
+    connect_id: Option<Box<str>>,
     /// `client.inflight.len()`, for the admin API (see `ConnectionInfo`).
     inflight_gauge: Arc<AtomicUsize>,
     /// This session's messages waiting in the Registry's mailbox (see `registry::router`).
@@ -195,7 +199,15 @@ pub struct Session {
     /// Such waits under way.
     holds: usize,
     /// Packets that arrived during a wait (already read), handled in order after it.
-    held: VecDeque<Result<Packet, DecodeError>>,
+    /// Boxed: most connections never wait, and an empty queue would cost each 32 bytes.
+    #[allow(clippy::box_collection)]
+    held: Option<Box<VecDeque<Result<Packet, DecodeError>>>>,
+    /// A plain TCP connection's socket, for the bypass made with the delivery queue.
+    socket: Option<Weak<OwnedWriteHalf>>,
+    /// Opened to publishers' threads while this session is idle (see `bypass`).
+    bypass: Option<Arc<Bypass>>,
+    /// What the writer has not yet handed to the socket.
+    watch: Rc<WriteWatch>,
 }
 
 impl Client {
@@ -220,6 +232,8 @@ impl Session {
     /// (plain TCP or TLS: the session does not know which); runs on the Arbiter that will own
     /// it. `cert_username` is the client certificate's identity on a listener with
     /// `identity_as_username`: it replaces the CONNECT username, and no password is checked.
+    /// `socket` is the writing half of a plain TCP connection (see `bypass`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         reader: BoxedRead,
         writer: BoxedWrite,
@@ -228,9 +242,16 @@ impl Session {
         slot: ConnectionSlot,
         shared: Arc<Shared>,
         cert_username: Option<String>,
+        socket: Option<Weak<OwnedWriteHalf>>,
     ) -> Session {
         let abort = Arc::new(Abort::default());
-        let writer = SendTimeout::new(writer, shared.config.send_timeout(), abort.clone());
+        let watch = Rc::new(WriteWatch::default());
+        let writer = SendTimeout::new(
+            writer,
+            shared.config.send_timeout(),
+            abort.clone(),
+            watch.clone(),
+        );
         let connect_timeout = shared.config.connect_timeout();
         Session {
             conn_id,
@@ -256,20 +277,41 @@ impl Session {
             routes: None,
             gate: Rc::default(),
             holds: 0,
-            held: VecDeque::new(),
+            held: None,
+            socket,
+            bypass: None,
+            watch,
         }
     }
 
-    /// Creates the delivery queue, once, and returns its sending end for the Registry. Not
-    /// done at CONNECT for a clean session (see `messages::Register`).
-    fn open_queue(&mut self) -> Option<mpsc::Sender<Delivery>> {
+    /// Creates the delivery queue, once, and returns its sending end (with the bypass of a
+    /// plain TCP connection) for the Registry. Not done at CONNECT for a clean session (see
+    /// `messages::Register`).
+    fn open_queue(&mut self) -> Option<Outlet> {
         if self.queue_opened {
             return None;
         }
         self.queue_opened = true;
-        let (sender, receiver) = mpsc::channel(self.shared.config.limits.max_queued_messages);
+        let (queue, receiver) = mpsc::channel(self.shared.config.limits.max_queued_messages);
         self.deliveries = Some(receiver);
-        Some(sender)
+        let client = self.client.as_ref()?;
+        // Topic aliases are the session's state: a client that takes them gets them.
+        let socket = self
+            .socket
+            .take()
+            .filter(|_| client.topic_alias_maximum == 0);
+        self.bypass = socket.map(|socket| {
+            Arc::new(Bypass::new(
+                socket,
+                client.protocol,
+                client.maximum_packet_size,
+                client.acl.allows_everything(),
+            ))
+        });
+        Some(Outlet {
+            queue,
+            bypass: self.bypass.clone(),
+        })
     }
 
     /// Queues a packet. Before CONNECT nothing can be written, and nothing needs to be.
@@ -279,6 +321,11 @@ impl Session {
 
     fn write(&mut self, item: Frame<AppMessage>) {
         if let Writer::Open(w) = &mut self.writer {
+            // Publishers' threads must not write past what this session writes; the end of a
+            // packet one of them began goes first.
+            if let Some(residue) = self.bypass.as_ref().and_then(|b| b.shut()) {
+                w.write(Frame::Raw(residue));
+            }
             w.write(item);
         }
     }
@@ -290,7 +337,10 @@ impl Session {
         if let Writer::Unopened(io) = &mut self.writer
             && let Some(io) = io.take()
         {
-            let codec = MqttCodec::new(version, self.shared.config.limits.max_packet_size);
+            let codec = CountingCodec {
+                codec: MqttCodec::new(version, self.shared.config.limits.max_packet_size),
+                watch: self.watch.clone(),
+            };
             self.writer = Writer::Open(FramedWrite::new(io, codec, ctx));
         }
     }
@@ -302,6 +352,9 @@ impl Session {
             return;
         }
         self.phase = Phase::Closing;
+        if let Some(bypass) = &self.bypass {
+            bypass.end();
+        }
         match &mut self.writer {
             Writer::Open(w) => {
                 w.close();
@@ -348,7 +401,7 @@ impl Session {
                     .client
                     .as_ref()
                     .map(|c| c.client_id.to_string())
-                    .or_else(|| self.connect_id.clone())
+                    .or_else(|| self.connect_id.as_deref().map(str::to_owned))
                     .unwrap_or_default();
                 info!(
                     "client {id:?} ({}): CONNECT refused: {err} -> {reason:?} ({:#04x})",
@@ -419,7 +472,7 @@ impl Session {
             Packet::Connect(connect) => {
                 Counters::add(&self.shared.counters.connects_received);
                 if self.phase == Phase::AwaitingConnect {
-                    self.connect_id = Some(connect.client_id.clone());
+                    self.connect_id = Some(connect.client_id.as_str().into());
                 }
                 self.on_connect(*connect, ctx)
             }
@@ -537,6 +590,9 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(bypass) = &self.bypass {
+            bypass.end();
+        }
         // A persistent session's Will with a delay waits in the Registry (§3.1.2.5).
         let delayed_will = if self.will_waits() {
             self.take_will()
@@ -587,7 +643,7 @@ impl Session {
     fn release_hold(&mut self, ctx: &mut Context<Self>) {
         self.holds -= 1;
         while self.holds == 0
-            && let Some(item) = self.held.pop_front()
+            && let Some(item) = self.held.as_mut().and_then(|held| held.pop_front())
         {
             self.handle_packet(item, ctx);
         }
@@ -621,7 +677,7 @@ impl StreamHandler<Result<Inbound, DecodeError>> for Session {
             Err(e) => Err(e),
         };
         if self.holds > 0 {
-            self.held.push_back(item);
+            self.held.get_or_insert_default().push_back(item);
             return;
         }
         self.handle_packet(item, ctx);
@@ -745,6 +801,9 @@ impl Handler<RefreshAcl> for Session {
                 &client.client_id,
                 default_allow,
             );
+            if let Some(bypass) = &act.bypass {
+                bypass.set_allowed(client.acl.allows_everything());
+            }
             debug!("client {:?}: ACL rules reloaded", client.client_id);
             AclRefreshed::Reloaded
         }))

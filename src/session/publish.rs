@@ -187,9 +187,10 @@ impl Session {
             let cache = self.routes.get_or_insert_default();
             let mut rest = Vec::new();
             let mut full = Vec::new();
+            let counters = &self.shared.counters;
             self.shared
                 .router
-                .route_direct(&message, cache, &mut rest, &mut full);
+                .route_direct(&message, cache, &mut rest, &mut full, counters);
             if !full.is_empty() {
                 self.wait_for_room(&message, full, ctx);
             }

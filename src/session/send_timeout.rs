@@ -13,6 +13,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
@@ -21,6 +22,8 @@ use std::time::Duration;
 use futures_util::task::AtomicWaker;
 use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep};
+
+use super::bypass::WriteWatch;
 
 /// Lets the Registry end a connection whose session is paused on a full socket (its mailbox
 /// is not read then, so a `Close` message would wait): the writer fails with
@@ -44,15 +47,23 @@ pub struct SendTimeout<W> {
     /// Armed while the socket refuses data; reset by every write that makes progress.
     stalled: Option<Pin<Box<Sleep>>>,
     abort: Arc<Abort>,
+    /// Told how much of what the session encoded has reached the socket.
+    write_watch: Rc<WriteWatch>,
 }
 
 impl<W> SendTimeout<W> {
-    pub fn new(inner: W, timeout: Duration, abort: Arc<Abort>) -> SendTimeout<W> {
+    pub fn new(
+        inner: W,
+        timeout: Duration,
+        abort: Arc<Abort>,
+        watch: Rc<WriteWatch>,
+    ) -> SendTimeout<W> {
         SendTimeout {
             inner,
             timeout,
             stalled: None,
             abort,
+            write_watch: watch,
         }
     }
 
@@ -95,6 +106,10 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SendTimeout<W> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         match self.watch(cx, poll) {
             Poll::Pending => Poll::Ready(Err(io::ErrorKind::WouldBlock.into())),
+            Poll::Ready(Ok(n)) => {
+                self.write_watch.written(n);
+                Poll::Ready(Ok(n))
+            }
             ready => ready,
         }
     }
@@ -119,7 +134,12 @@ mod tests {
     async fn a_stalled_write_fails_after_the_send_timeout() {
         // A pipe whose reader never reads: 64 bytes of buffer, then writes stall.
         let (client, _server) = tokio::io::duplex(64);
-        let mut writer = SendTimeout::new(client, Duration::from_secs(5), Arc::default());
+        let mut writer = SendTimeout::new(
+            client,
+            Duration::from_secs(5),
+            Arc::default(),
+            Rc::default(),
+        );
         writer.write_all(&[0; 64]).await.unwrap();
         let started = Instant::now();
         // Until the timeout, a full pipe is reported as WouldBlock (see the module comment).
@@ -140,7 +160,12 @@ mod tests {
     async fn an_abort_fails_the_writer() {
         let (client, _server) = tokio::io::duplex(8);
         let abort = Arc::new(Abort::default());
-        let mut writer = SendTimeout::new(client, Duration::from_secs(60), abort.clone());
+        let mut writer = SendTimeout::new(
+            client,
+            Duration::from_secs(60),
+            abort.clone(),
+            Rc::default(),
+        );
         writer.write_all(&[0; 8]).await.unwrap();
         abort.trigger();
         let err = writer.write(&[0; 1]).await.unwrap_err();

@@ -8,6 +8,7 @@ mod browser;
 mod cli;
 mod common;
 mod connect;
+mod direct;
 mod durability;
 mod http;
 mod interop;
