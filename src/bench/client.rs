@@ -77,6 +77,7 @@ impl ConnectOptions {
         };
         let target: SocketAddr = self.addr.parse().map_err(std::io::Error::other)?;
         let socket = TcpSocket::new_v4()?;
+        bind_address_no_port(&socket)?;
         socket.bind(source)?;
         socket.connect(target).await
     }
@@ -149,6 +150,36 @@ impl Conn {
     pub async fn disconnect(mut self) {
         let _ = self.send(Packet::Disconnect(Disconnect::default())).await;
     }
+}
+
+/// Lets `connect` choose the local port, unique for the whole address pair. Without it, `bind`
+/// looks for a port no socket of any address holds, scanning past every port 127.0.0.1's
+/// connections already hold: 10,000 connections opened at 2-6k/s instead of 16k/s.
+#[cfg(target_os = "linux")]
+fn bind_address_no_port(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is the open socket `socket` owns, and the option value is a
+    // `c_int` of the length given, as IP_BIND_ADDRESS_NO_PORT expects.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn bind_address_no_port(_: &TcpSocket) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Opens connection `index` (numbered from 0 within its scenario role) and completes
