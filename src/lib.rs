@@ -15,8 +15,8 @@
 //!   (wrapped in a stream that also reports the connect timeout and keep-alive silence),
 //!   handles them in one dispatch `match`, writes replies through a `FramedWrite`. All errors go through one function that picks the
 //!   CONNACK/DISCONNECT reason code. While a plain-TCP subscriber's session is idle on a
-//!   sleeping thread, a publisher's thread writes QoS 0 messages to its socket itself (the
-//!   session's bypass), which saves the wake-up of that thread.
+//!   sleeping thread, a publisher's thread writes messages to its socket itself (the session's
+//!   bypass; QoS 1/2 with packet ids the session lends it), which saves waking that thread.
 //! - [`registry::Registry`] (actor, one per broker): the active clients by client identifier
 //!   (take-over), every subscription (a topic trie), the retained messages, the persistent
 //!   sessions, and routing: it shares the trie and the subscribers' bounded delivery queues

@@ -52,7 +52,7 @@ pub struct Counters {
     /// Connections closed at accept: over `max_connections`, the per-address caps, or from a
     /// banned address.
     pub connections_refused: AtomicU64,
-    /// QoS 0 deliveries written to an idle subscriber's socket by the publisher's thread (see
+    /// Deliveries written to an idle subscriber's socket by the publisher's thread (see
     /// `session::bypass`); also counted in `messages_sent`.
     pub messages_direct: AtomicU64,
 }
@@ -123,8 +123,8 @@ impl Counters {
             ),
             (
                 "messages_direct",
-                "QoS 0 deliveries written to an idle subscriber's socket by the publisher's \
-                 thread (also in messages_sent)",
+                "Deliveries written to an idle subscriber's socket by the publisher's thread \
+                 (also in messages_sent)",
                 Self::get(messages_direct),
             ),
             (

@@ -137,8 +137,8 @@ impl Router {
     /// message for a queue that is full (but has no backlog) goes to `full` instead, with the
     /// queue, for the session to wait for room (see `Session::wait_for_room`).
     ///
-    /// A QoS 0 delivery to an idle subscriber is written to its socket (`Bypass`), but only
-    /// along cached routes: under the lock it would hold up every other publisher.
+    /// A delivery to an idle subscriber is written to its socket (`Bypass`), but only along
+    /// cached routes: under the lock it would hold up every other publisher.
     pub fn route_direct(
         &self,
         message: &Arc<AppMessage>,
@@ -207,7 +207,7 @@ impl Router {
 
 /// Puts the delivery along `route` into its client's queue if nothing the Registry holds is
 /// needed; else leaves the Route to the Registry (`rest`), or a QoS 0 message for a full
-/// queue to the session's wait (`full`). With `direct`, a QoS 0 delivery may be written to the
+/// queue to the session's wait (`full`). With `direct`, the delivery may be written to the
 /// client's socket instead of queued.
 fn send(
     message: &Arc<AppMessage>,
@@ -223,8 +223,7 @@ fn send(
         rest.push(route.clone());
         return;
     };
-    if qos == QoS::AtMostOnce
-        && let (Some(direct), Some(bypass)) = (direct, &target.bypass)
+    if let (Some(direct), Some(bypass)) = (direct, &target.bypass)
         && bypass.deliver(route, message, queue, direct)
     {
         return;

@@ -1,5 +1,5 @@
-//! Direct delivery: the publisher's thread writes a QoS 0 message to an idle subscriber's
-//! socket itself.
+//! Direct delivery: the publisher's thread writes a message to an idle subscriber's socket
+//! itself.
 //!
 //! Sessions live on several Arbiters. A message from a publisher on one to a subscriber on
 //! another is handed between threads, and at low load the subscriber's thread sleeps: waking it
@@ -25,8 +25,10 @@
 //! So whatever was queued before a direct write is written before it, and whatever the session
 //! writes afterwards follows it. A publisher that can write only part of a packet leaves the
 //! rest (`residue`) to the session, which writes it before anything else. Only what needs no
-//! session state goes this way: QoS 0, to a client whose ACL allows every topic and that takes no
-//! topic aliases.
+//! other session state goes this way: a client whose ACL allows every topic and that takes no
+//! topic aliases; at QoS 1/2, a clean session (a persistent one's are journalled by the
+//! Registry first), with a packet id the session lent its bypass. The session takes the ids
+//! used into its in-flight map before it handles any acknowledgement.
 
 use std::cell::Cell;
 use std::io;
@@ -48,6 +50,10 @@ use crate::message::{AppMessage, Delivery};
 use crate::mqtt::{EncodeError, Frame, MqttCodec, OutPublish, ProtocolVersion, QoS};
 use crate::registry::subscriptions::Route;
 use crate::stats::Counters;
+
+/// Packet ids a session lends its bypass for QoS 1/2 direct writes, at most: its Receive
+/// Maximum allowing, an eighth of it.
+pub const LENT_IDS: usize = 4;
 
 /// Direct writes a subscriber can take back to back (a publisher's burst of a few messages).
 const DIRECT_BURST: u32 = 4;
@@ -122,6 +128,8 @@ pub struct Bypass {
     open: AtomicBool,
     /// `State::residue` is set; set before `open` is cleared.
     residue_left: AtomicBool,
+    /// `State::used` is not empty.
+    used_any: AtomicBool,
     state: Mutex<State>,
     /// Weak: a publisher's route cache must not keep a closed connection's socket open.
     socket: Weak<OwnedWriteHalf>,
@@ -150,6 +158,10 @@ struct State {
     residue: Option<Bytes>,
     /// The session's pump, to wake when a residue is left.
     pump: Option<Waker>,
+    /// Free packet ids the session lent for QoS 1/2 direct writes (see `Session::lend_ids`).
+    lent: Vec<u16>,
+    /// Lent ids used, with the QoS they were sent at, for the session to take in flight.
+    used: Vec<(u16, QoS)>,
     /// Direct writes left in the current burst (see `DIRECT_BURST`).
     tokens: u32,
     /// When `tokens` was last topped up (see `since_epoch`).
@@ -191,6 +203,7 @@ impl Bypass {
         Bypass {
             open: AtomicBool::new(false),
             residue_left: AtomicBool::new(false),
+            used_any: AtomicBool::new(false),
             state: Mutex::new(State {
                 open: false,
                 allowed,
@@ -198,6 +211,8 @@ impl Bypass {
                 codec: MqttCodec::new(protocol, u32::MAX),
                 residue: None,
                 pump: None,
+                lent: Vec::new(),
+                used: Vec::new(),
                 tokens: DIRECT_BURST,
                 refilled: since_epoch(),
             }),
@@ -242,6 +257,20 @@ impl Bypass {
         state.pump = None;
         self.set_open(&mut state, false);
         self.take_residue(&mut state);
+    }
+
+    /// Lends free packet ids (already marked in the session's in-flight map).
+    pub fn lend(&self, ids: impl IntoIterator<Item = u16>) {
+        self.lock().lent.extend(ids);
+    }
+
+    /// Moves the lent ids used since the last call to `out`.
+    pub fn take_used(&self, out: &mut Vec<(u16, QoS)>) {
+        // Loaded first: a swap on every acknowledgement would write the cache line that
+        // publishers' threads read for `open`.
+        if self.used_any.load(Ordering::Acquire) && self.used_any.swap(false, Ordering::AcqRel) {
+            out.append(&mut self.lock().used);
+        }
     }
 
     /// The client's ACL changed: whether it still allows every topic.
@@ -304,6 +333,7 @@ impl Bypass {
             return false;
         }
         let counters = direct.counters;
+        let qos = message.qos.min(route.qos);
         let Some(socket) = self.socket.upgrade() else {
             return false;
         };
@@ -315,11 +345,12 @@ impl Bypass {
             Counters::add(&counters.dropped_expired);
             return true;
         }
-        let publish = OutPublish {
+        let mut publish = OutPublish {
             dup: false,
-            qos: QoS::AtMostOnce,
+            qos,
             retain: message.retain && route.retain_as_published,
-            packet_id: None,
+            // Sized with an id; the id itself is taken once the delivery is sure to be written.
+            packet_id: (qos != QoS::AtMostOnce).then_some(0),
             topic_alias: None,
             send_topic: true,
             message_expiry_interval: expiry,
@@ -334,6 +365,13 @@ impl Bypass {
             Counters::add(&counters.dropped_too_large);
             return true;
         }
+        if publish.packet_id.is_some() {
+            let Some(id) = state.lent.pop() else {
+                return false;
+            };
+            publish.packet_id = Some(id);
+        }
+        let packet_id = publish.packet_id;
         let mut packet = BytesMut::with_capacity(size);
         if state
             .codec
@@ -341,6 +379,7 @@ impl Bypass {
             .is_err()
         {
             // The session meets the same error and ends the connection.
+            state.lent.extend(packet_id);
             self.set_open(&mut state, false);
             return false;
         }
@@ -356,15 +395,18 @@ impl Bypass {
             }
             // A full socket (or a failing one, which the session will meet): queue it.
             Err(_) => {
+                state.lent.extend(packet_id);
                 self.set_open(&mut state, false);
                 return false;
             }
         }
+        if let Some(id) = packet_id {
+            state.used.push((id, qos));
+            self.used_any.store(true, Ordering::Release);
+        }
         Counters::add(&counters.messages_direct);
-        counters.messages_sent.add(QoS::AtMostOnce);
-        counters
-            .bytes_sent
-            .add_n(QoS::AtMostOnce, message.payload.len());
+        counters.messages_sent.add(qos);
+        counters.bytes_sent.add_n(qos, message.payload.len());
         true
     }
 }

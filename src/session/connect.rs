@@ -117,6 +117,7 @@ impl Session {
             awaiting_rel: Default::default(),
             inflight: Default::default(),
             next_packet_id: 1,
+            lent: 0,
             receive_maximum: p
                 .receive_maximum
                 .unwrap_or(u16::MAX)

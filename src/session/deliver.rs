@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use actix::prelude::*;
 use log::debug;
 
-use super::bypass::Pumped;
+use super::bypass::{LENT_IDS, Pumped};
 use super::{Client, Outbound, Phase, Session};
 use crate::acl::AclAction;
 use crate::clock::unix_millis;
@@ -36,6 +36,7 @@ impl Session {
         let Some(mut queue) = self.deliveries.take() else {
             return;
         };
+        self.lend_ids();
         self.pumping = true;
         let bypass = self.bypass.clone();
         let watch = self.watch.clone();
@@ -93,7 +94,53 @@ impl Session {
         self.write_pending(ctx);
         if let Some(client) = &self.client {
             self.inflight_gauge
-                .store(client.inflight.len(), Ordering::Relaxed);
+                .store(client.inflight.len() - client.lent, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the packet ids the bypass used in flight, then lends it free ones for QoS 1/2
+    /// direct writes: up to `LENT_IDS`, an eighth of the client's Receive Maximum at most (they
+    /// count against it while lent). None to a persistent session: its QoS 1/2 deliveries are
+    /// numbered by the Registry.
+    pub(super) fn lend_ids(&mut self) {
+        self.reclaim_ids();
+        let (Some(bypass), Some(client)) = (&self.bypass, self.client.as_mut()) else {
+            return;
+        };
+        let window = usize::from(client.receive_maximum);
+        let wanted = if client.is_stored() {
+            0
+        } else {
+            LENT_IDS.min(window / 8)
+        };
+        let mut ids = Vec::new();
+        while client.lent < wanted && client.inflight.len() < window {
+            let id = client.next_free_packet_id();
+            client.inflight.insert(id, Outbound::Lent);
+            client.lent += 1;
+            ids.push(id);
+        }
+        if !ids.is_empty() {
+            bypass.lend(ids);
+        }
+    }
+
+    /// Takes the packet ids the bypass sent a PUBLISH with into `inflight`, as sent: before
+    /// any acknowledgement is matched against it.
+    pub(super) fn reclaim_ids(&mut self) {
+        let (Some(bypass), Some(client)) = (&self.bypass, self.client.as_mut()) else {
+            return;
+        };
+        let mut used = Vec::new();
+        bypass.take_used(&mut used);
+        for (id, qos) in used {
+            let state = if qos == QoS::AtLeastOnce {
+                Outbound::Qos1Sent
+            } else {
+                Outbound::Qos2Sent
+            };
+            client.inflight.insert(id, state);
+            client.lent -= 1;
         }
     }
 

@@ -87,6 +87,8 @@ enum Outbound {
     Qos2Sent,
     /// PUBREL sent, waiting for PUBCOMP.
     Released,
+    /// Lent to the bypass, which may send a QoS 1/2 PUBLISH with it (see `Session::lend_ids`).
+    Lent,
 }
 
 /// An acknowledgement (PUBACK/PUBREC) owed to the client, in arrival order.
@@ -135,6 +137,8 @@ struct Client {
     inflight: HashMap<u16, Outbound, IdHash>,
     /// Where the search for the next free packet id starts.
     next_packet_id: u16,
+    /// Entries of `inflight` that are `Lent`.
+    lent: usize,
     /// The client's Receive Maximum: the cap on `inflight` [MQTT-3.3.4-9].
     receive_maximum: u16,
     /// The client's Maximum Packet Size: larger deliveries are dropped for it [MQTT-3.1.2-25].

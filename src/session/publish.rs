@@ -445,6 +445,7 @@ impl Session {
         ack: Ack,
         ctx: &mut Context<Self>,
     ) -> Result<(), SessionError> {
+        self.reclaim_ids();
         let Some(client) = self.client.as_mut() else {
             return Ok(());
         };
@@ -500,6 +501,7 @@ impl Session {
     }
 
     fn complete(&mut self, packet_id: u16, expected: Outbound, ctx: &mut Context<Self>) {
+        self.reclaim_ids();
         let Some(client) = self.client.as_mut() else {
             return;
         };
@@ -507,6 +509,8 @@ impl Session {
             client.inflight.remove(&packet_id);
             self.forget_stored(packet_id, ctx);
             self.release(ctx);
+            // The bypass may have used its ids while the session's pump waited.
+            self.lend_ids();
         } else {
             debug!(
                 "{:?}: unexpected acknowledgement for id {packet_id}",

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mqttd::mqtt::{
-    MqttCodec, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
+    Ack, MqttCodec, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
 };
 use tokio::net::TcpSocket;
 use tokio_util::codec::Framed;
@@ -80,15 +80,15 @@ async fn next_publish(client: &mut Client) -> Publish {
     }
 }
 
-/// [MQTT-4.6.0-6]: a QoS 0 message written directly never overtakes a QoS 1 message of the
-/// same publisher still in the subscriber's queue, nor does a queued one overtake it.
+/// [MQTT-4.6.0-6]: deliveries written directly and deliveries queued (once the direct budget
+/// or the lent packet ids run out) keep the publisher's order.
 #[tokio::test]
 async fn direct_and_queued_deliveries_keep_the_publishers_order() {
     let broker = start_broker();
     let mut sub = subscriber(&broker, "d/t", QoS::AtLeastOnce, None).await;
     let mut publisher = Client::connected(broker.addr, V5, "direct-pub").await;
-    // Per group of three: QoS 0 after a pause (direct), QoS 1 (queued, it needs a packet id),
-    // and QoS 0 right behind it (it must queue behind the QoS 1).
+    // Per group of three after a pause: QoS 0, QoS 1, QoS 0, back to back. The subscriber's
+    // thread sleeps through direct writes, so the budget of 4 runs out inside the groups.
     for i in 0..60u16 {
         let qos = if i % 3 == 1 {
             QoS::AtLeastOnce
@@ -110,6 +110,56 @@ async fn direct_and_queued_deliveries_keep_the_publishers_order() {
     }
     let direct = broker.counters.messages_direct.load(Ordering::Relaxed);
     assert!(direct > 0, "no delivery was written directly");
+}
+
+/// [MQTT-4.3.3]: a QoS 2 delivery written with a packet id lent to the bypass goes through
+/// PUBREC, PUBREL and PUBCOMP like any other; the ids come back and are lent again, so a long
+/// paced stream never runs the subscriber's window dry.
+#[tokio::test]
+async fn direct_qos2_deliveries_complete_their_exchange() {
+    let broker = start_broker();
+    let mut sub = subscriber(&broker, "d/q2", QoS::ExactlyOnce, None).await;
+    let mut publisher = Client::connected(broker.addr, V5, "direct-pub").await;
+    for i in 0..30u16 {
+        tokio::time::sleep(PAUSE).await;
+        let payload = Bytes::copy_from_slice(&i.to_be_bytes());
+        publisher
+            .send(publish(QoS::ExactlyOnce, i + 1, "d/q2", payload))
+            .await;
+        // The publisher's side of QoS 2: PUBREC, then PUBREL and PUBCOMP.
+        match publisher.recv().await {
+            Some(Ok(Packet::PubRec(rec))) => assert_eq!(rec.packet_id, i + 1),
+            other => panic!("expected PUBREC, got {other:?}"),
+        }
+        publisher.send(pubrel(i + 1)).await;
+        match publisher.recv().await {
+            Some(Ok(Packet::PubComp(comp))) => assert_eq!(comp.packet_id, i + 1),
+            other => panic!("expected PUBCOMP, got {other:?}"),
+        }
+        let p = next_publish(&mut sub).await;
+        assert_eq!(p.payload[..], i.to_be_bytes());
+        let id = p.packet_id.expect("a QoS 2 PUBLISH has a packet id");
+        sub.send(Packet::PubRec(ack(id))).await;
+        match sub.recv().await {
+            Some(Ok(Packet::PubRel(rel))) => assert_eq!(rel.packet_id, id),
+            other => panic!("expected PUBREL for {id}, got {other:?}"),
+        }
+        sub.send(Packet::PubComp(ack(id))).await;
+    }
+    let direct = broker.counters.messages_direct.load(Ordering::Relaxed);
+    assert!(direct > 0, "no delivery was written directly");
+}
+
+fn ack(packet_id: u16) -> Ack {
+    Ack {
+        packet_id,
+        reason: ReasonCode::Success,
+        properties: Properties::default(),
+    }
+}
+
+fn pubrel(packet_id: u16) -> Packet {
+    Packet::PubRel(ack(packet_id))
 }
 
 /// A subscriber that stops reading fills its socket: direct writes then stop at the first that
