@@ -383,6 +383,12 @@ impl Bypass {
             self.set_open(&mut state, false);
             return false;
         }
+        if let Some(id) = packet_id {
+            // Recorded before the write: the client's acknowledgement may reach the session
+            // before this thread gets past the write.
+            state.used.push((id, qos));
+            self.used_any.store(true, Ordering::Release);
+        }
         match socket.try_write(&packet) {
             Ok(n) if n == packet.len() => {}
             Ok(n) => {
@@ -395,14 +401,14 @@ impl Bypass {
             }
             // A full socket (or a failing one, which the session will meet): queue it.
             Err(_) => {
+                if packet_id.is_some() {
+                    // Ours is the last: the lock was held since it was pushed.
+                    state.used.pop();
+                }
                 state.lent.extend(packet_id);
                 self.set_open(&mut state, false);
                 return false;
             }
-        }
-        if let Some(id) = packet_id {
-            state.used.push((id, qos));
-            self.used_any.store(true, Ordering::Release);
         }
         Counters::add(&counters.messages_direct);
         counters.messages_sent.add(qos);
