@@ -45,7 +45,6 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::codec::Encoder;
 
-use crate::clock::unix_millis;
 use crate::message::{AppMessage, Delivery};
 use crate::mqtt::{EncodeError, Frame, MqttCodec, OutPublish, ProtocolVersion, QoS};
 use crate::registry::subscriptions::Route;
@@ -70,7 +69,7 @@ const ASLEEP_BEFORE_DIRECT: Duration = Duration::from_micros(300);
 /// Since when an Arbiter's thread is parked (see `thread_parks`).
 #[derive(Debug, Default)]
 pub struct ThreadState {
-    /// Nanoseconds from `epoch()` to the park, plus one; 0 while the thread runs.
+    /// `since_epoch()` at the park, plus one; 0 while the thread runs.
     parked_at: AtomicU64,
 }
 
@@ -313,8 +312,8 @@ impl Bypass {
     }
 
     /// Writes `message`'s delivery along `route` to the socket if the bypass is open and the
-    /// queue empty; false if it must be queued instead. A delivery the session would skip
-    /// (expired, over the client's Maximum Packet Size) is dropped here, counted the same way.
+    /// queue empty; false if it must be queued instead. A delivery the session would skip (over
+    /// the client's Maximum Packet Size) is dropped here, counted the same way.
     pub fn deliver(
         &self,
         route: &Route,
@@ -327,6 +326,11 @@ impl Bypass {
         {
             return false;
         }
+        // An expiring message is the Registry's, which counts it if it expires (see
+        // `Session::route_and_acknowledge`); none comes this way, and none may.
+        if message.expires_at_ms.is_some() {
+            return false;
+        }
         let mut state = self.lock();
         if !state.open || queue.capacity() < queue.max_capacity() || !state.take_token(direct.now())
         {
@@ -337,14 +341,6 @@ impl Bypass {
         let Some(socket) = self.socket.upgrade() else {
             return false;
         };
-        let expiry = match message.expires_at_ms {
-            Some(_) => message.remaining_expiry(unix_millis()),
-            None => None,
-        };
-        if expiry == Some(0) {
-            Counters::add(&counters.dropped_expired);
-            return true;
-        }
         let mut publish = OutPublish {
             dup: false,
             qos,
@@ -353,7 +349,7 @@ impl Bypass {
             packet_id: (qos != QoS::AtMostOnce).then_some(0),
             topic_alias: None,
             send_topic: true,
-            message_expiry_interval: expiry,
+            message_expiry_interval: None,
             subscription_identifiers: route.subscription_ids.clone(),
             message: message.clone(),
         };

@@ -298,20 +298,18 @@ impl Session {
         self.queue_opened = true;
         let (queue, receiver) = mpsc::channel(self.shared.config.limits.max_queued_messages);
         self.deliveries = Some(receiver);
-        let client = self.client.as_ref()?;
         // Topic aliases are the session's state: a client that takes them gets them.
-        let socket = self
-            .socket
-            .take()
-            .filter(|_| client.topic_alias_maximum == 0);
-        self.bypass = socket.map(|socket| {
-            Arc::new(Bypass::new(
-                socket,
-                client.protocol,
-                client.maximum_packet_size,
-                client.acl.allows_everything(),
-            ))
-        });
+        self.bypass = match (self.socket.take(), &self.client) {
+            (Some(socket), Some(client)) if client.topic_alias_maximum == 0 => {
+                Some(Arc::new(Bypass::new(
+                    socket,
+                    client.protocol,
+                    client.maximum_packet_size,
+                    client.acl.allows_everything(),
+                )))
+            }
+            _ => None,
+        };
         Some(Outlet {
             queue,
             bypass: self.bypass.clone(),
