@@ -2,7 +2,7 @@
 # Compares mqttd with Mosquitto and rumqttd on this machine, using `mqttd bench` as the load
 # generator for all three, and prints one table with the figures and the ratios to mqttd.
 #
-# Usage: tests/bench/compare.sh            (from anywhere; about 7 minutes)
+# Usage: tests/bench/compare.sh            (from anywhere; about 10 minutes)
 #
 # It installs nothing. Get the peers first (a missing one is skipped with a notice):
 #   Mosquitto:  apt-get install -y mosquitto
@@ -19,13 +19,20 @@
 # cores with the broker: the figures compare brokers under the same handicap, they are not
 # what the brokers do on a machine of their own.
 #
-# Environment: BENCH_DURATION (seconds per scenario, default 5), BENCH_MQTT (5 or 3, default
-# 5; rumqttd uses its v5 or v4 listener to match), BENCH_PORT (first of three ports, default
-# 18830), BENCH_BROKERS (default "mqttd mosquitto rumqttd").
+# The brokers take turns scenario by scenario, so that a change in the machine's background
+# load (other guests on the host) spreads over all of them. Latency moves by more between two
+# runs (±10 %) than the brokers differ by, so the latency scenarios run in rounds, each broker
+# once per round in rotating order, and the table shows the median over the rounds.
+#
+# Environment: BENCH_DURATION (seconds per scenario, default 5), BENCH_LATENCY_ROUNDS (rounds
+# of each latency scenario, default 5), BENCH_MQTT (5 or 3, default 5; rumqttd uses its v5 or
+# v4 listener to match), BENCH_PORT (first of three ports, default 18830), BENCH_BROKERS
+# (default "mqttd mosquitto rumqttd").
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DURATION=${BENCH_DURATION:-5}
+LATENCY_ROUNDS=${BENCH_LATENCY_ROUNDS:-5}
 MQTT=${BENCH_MQTT:-5}
 PORT=${BENCH_PORT:-18830}
 BROKERS=${BENCH_BROKERS:-mqttd mosquitto rumqttd}
@@ -160,55 +167,84 @@ field() {
     grep -o "\"$2\":[0-9.]*" <<<"$1" | head -n 1 | cut -d: -f2
 }
 
-declare -A RESULT LOSS
+# The median of numbers given one per line (the mean of the middle two for an even count).
+median() {
+    sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%.10g", (v[int((NR + 1) / 2)] + v[int(NR / 2) + 1]) / 2 }'
+}
+
+ran=()
 for broker in $BROKERS; do
-    if ! installed "$broker"; then
+    if installed "$broker"; then
+        ran+=("$broker")
+    else
         echo "notice: $broker is not installed; skipped (see the top of this script)" >&2
-        continue
     fi
+done
+
+# One run of a scenario against a broker; its figures are appended to SAMPLES, its loss
+# (the worst over the rounds) kept in LOSS.
+declare -A SAMPLES LOSS
+run_once() {
+    local broker=$1 name=$2 metrics=$3 args=$4 port duration out json key value lost expected errors
     port=$(broker_port "$broker")
-    for entry in "${SCENARIOS[@]}"; do
-        IFS='|' read -r name metrics args <<<"$entry"
-        # A fresh broker per scenario: no backlog, queue or allocator state carried over
-        # (which would also spoil the memory-per-connection figure).
-        rm -f "$WORK"/mqttd.db*
-        start_broker "$broker" || continue
-        duration=$DURATION
-        [[ $args == conn* ]] && duration=3
-        echo "== $broker: $name" >&2
-        # shellcheck disable=SC2086 # $args is a list of arguments
-        out=$(timeout $((duration + 60)) "$MQTTD" bench $args --port "$port" --mqtt "$MQTT" \
-            --duration "$duration" --broker-pid "$BROKER_PID" 2>>"$WORK/progress.log") || true
-        if ! kill -0 "$BROKER_PID" 2>/dev/null; then
-            echo "   $broker exited during the run" >&2
-        fi
-        stop_broker
-        json=$(grep '^{' <<<"$out" || true)
-        if [[ -z $json ]]; then
-            echo "   no result: $out" >&2
-            continue
-        fi
-        grep -E '^  (throughput|correctness|latency|connect|broker RSS|errors)|^    ' <<<"$out" >&2 || true
-        IFS=',' read -ra keys <<<"$metrics"
-        for key in "${keys[@]}"; do
-            RESULT["$name|$key|$broker"]=$(field "$json" "$key")
+    # A fresh broker per run: no backlog, queue or allocator state carried over (which would
+    # also spoil the memory-per-connection figure).
+    rm -f "$WORK"/mqttd.db*
+    start_broker "$broker" || return 0
+    duration=$DURATION
+    [[ $args == conn* ]] && duration=3
+    echo "== $broker: $name" >&2
+    # shellcheck disable=SC2086 # $args is a list of arguments
+    out=$(timeout $((duration + 60)) "$MQTTD" bench $args --port "$port" --mqtt "$MQTT" \
+        --duration "$duration" --broker-pid "$BROKER_PID" 2>>"$WORK/progress.log") || true
+    if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+        echo "   $broker exited during the run" >&2
+    fi
+    stop_broker
+    json=$(grep '^{' <<<"$out" || true)
+    if [[ -z $json ]]; then
+        echo "   no result: $out" >&2
+        return 0
+    fi
+    grep -E '^  (throughput|correctness|latency|connect|broker RSS|errors)|^    ' <<<"$out" >&2 || true
+    IFS=',' read -ra keys <<<"$metrics"
+    for key in "${keys[@]}"; do
+        value=$(field "$json" "$key")
+        [[ -n $value ]] && SAMPLES["$name|$key|$broker"]+="$value"$'\n'
+    done
+    lost=$(field "$json" lost)
+    expected=$(field "$json" expected)
+    errors=$(field "$json" error_count)
+    LOSS["$name|$broker"]=$(awk -v prev="${LOSS["$name|$broker"]:-0.0%/0}" "BEGIN {
+        split(prev, p, \"%/\"); share = ($expected > 0 ? 100 * $lost / $expected : 0)
+        printf \"%.1f%%/%d\", (share > p[1] ? share : p[1]), ($errors > p[2] ? $errors : p[2]) }")
+}
+
+for entry in "${SCENARIOS[@]}"; do
+    IFS='|' read -r name metrics args <<<"$entry"
+    rounds=1
+    [[ $args == latency* ]] && rounds=$LATENCY_ROUNDS
+    for ((round = 0; round < rounds; round++)); do
+        # Rotating order: no broker always runs first, or right after the same peer.
+        for ((i = 0; i < ${#ran[@]}; i++)); do
+            run_once "${ran[(i + round) % ${#ran[@]}]}" "$name" "$metrics" "$args"
         done
-        lost=$(field "$json" lost)
-        expected=$(field "$json" expected)
-        errors=$(field "$json" error_count)
-        LOSS["$name|$broker"]=$(awk "BEGIN{printf \"%.1f%%/%d\", ($expected > 0 ? 100 * $lost / $expected : 0), $errors}")
     done
 done
 
+declare -A RESULT
+for sample in "${!SAMPLES[@]}"; do
+    RESULT[$sample]=$(printf '%s' "${SAMPLES[$sample]}" | median)
+done
+
 # The table: one row per scenario and metric; ratio = peer / mqttd.
-ran=()
-for broker in $BROKERS; do installed "$broker" && ran+=("$broker"); done
 echo
 echo "mqttd bench comparison: $(nproc) cores, MQTT $MQTT, ${DURATION} s per scenario, loopback."
 echo "Note: the load generator shares the machine's cores with the broker."
 echo "Throughput = messages received by all subscribers per second; latency in us (lower is"
 echo "better); ratio = peer / mqttd; lost/err = share of expected deliveries lost / clients"
-echo "that failed. Each scenario runs on a freshly started broker."
+echo "that failed (the worst round). Each run has a freshly started broker. Latency: the median"
+echo "over $LATENCY_ROUNDS rounds, the brokers taking turns."
 printf '%-20s %-18s' scenario metric
 for broker in "${ran[@]}"; do
     printf ' %12s' "$broker"
