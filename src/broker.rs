@@ -23,6 +23,7 @@ use crate::messages::{
 };
 use crate::registry::router::Router;
 use crate::registry::{Registry, Settings};
+use crate::sched;
 use crate::session::thread_parks;
 use crate::stats::Counters;
 use crate::tls::{TlsAcceptor, TlsError};
@@ -120,8 +121,9 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         counters: counters.clone(),
         config,
     });
+    let slice = shared.config.worker_slice();
     let arbiters = (0..shared.config.worker_count())
-        .map(|_| Arbiter::try_with_tokio_rt(session_runtime))
+        .map(|_| Arbiter::try_with_tokio_rt(move || session_runtime(slice)))
         .collect::<Result<Vec<Arbiter>, _>>()
         .map_err(BrokerError::Arbiter)?;
     let handles: Arc<[ArbiterHandle]> = arbiters.iter().map(Arbiter::handle).collect();
@@ -285,8 +287,16 @@ impl Broker {
 }
 
 /// A session Arbiter's runtime: actix's own (one thread, I/O and timers), plus the hooks that
-/// tell bypasses whether the thread sleeps (see `session::bypass`).
-fn session_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// tell bypasses whether the thread sleeps (see `session::bypass`). Built on the Arbiter's
+/// thread, which asks for `slice` first.
+fn session_runtime(slice: Option<Duration>) -> std::io::Result<tokio::runtime::Runtime> {
+    if let Some(slice) = slice {
+        match sched::request_slice(slice) {
+            Ok(true) => debug!("session thread: time slice {slice:?}"),
+            Ok(false) => debug!("session thread: the kernel keeps its own time slice"),
+            Err(e) => warn!("worker_slice_us: the scheduler refused a {slice:?} slice: {e}"),
+        }
+    }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_park(|| thread_parks(true))

@@ -41,6 +41,9 @@ pub struct Config {
     pub sys_interval: u64,
     /// Threads (actix Arbiters) that run client sessions; 0 = one per available core.
     pub workers: usize,
+    /// Time slice the session threads ask the Linux scheduler for (see `sched`), in
+    /// microseconds; 0 = the kernel's default.
+    pub worker_slice_us: u64,
     /// Threads of the DbActor's SyncArbiter (SQLite connections).
     pub db_threads: usize,
     /// What an acknowledgement promises about persistent sessions: "process" (the default:
@@ -243,6 +246,7 @@ impl Default for Config {
             retained_recheck_publisher: true,
             sys_interval: 10,
             workers: 0,
+            worker_slice_us: 100,
             db_threads: 2,
             durability: crate::persist::Durability::default(),
             limits: Limits::default(),
@@ -357,6 +361,15 @@ impl Config {
         if self.db_threads == 0 {
             return invalid("db_threads", "must be at least 1");
         }
+        if self
+            .worker_slice()
+            .is_some_and(|slice| !crate::sched::SLICES.contains(&slice))
+        {
+            return invalid(
+                "worker_slice_us",
+                "must be 0 (the kernel's default) or between 100 and 100000, the slices Linux accepts",
+            );
+        }
         if let Some(http) = &self.http
             && http.bind.port() != 0
             && self
@@ -429,6 +442,11 @@ impl Config {
         }
     }
 
+    /// The time slice the session threads ask for, if any.
+    pub fn worker_slice(&self) -> Option<Duration> {
+        (self.worker_slice_us != 0).then(|| Duration::from_micros(self.worker_slice_us))
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.limits.connect_timeout)
     }
@@ -489,6 +507,32 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn worker_slice_is_off_or_within_what_linux_accepts() {
+        let slice = |toml: &str| toml::from_str::<Config>(toml).unwrap();
+        assert_eq!(
+            Config::default().worker_slice(),
+            Some(Duration::from_micros(100))
+        );
+        assert_eq!(slice("worker_slice_us = 0").worker_slice(), None);
+        for ok in [
+            "worker_slice_us = 0",
+            "worker_slice_us = 100",
+            "worker_slice_us = 100000",
+        ] {
+            slice(ok).validate().unwrap();
+        }
+        for bad in ["worker_slice_us = 99", "worker_slice_us = 100001"] {
+            assert!(matches!(
+                slice(bad).validate(),
+                Err(ConfigError::Invalid {
+                    key: "worker_slice_us",
+                    ..
+                })
+            ));
+        }
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //!   (tokio-util `Decoder`/`Encoder`); it knows nothing of actors, sockets or SQL. This is the
 //!   only place where bytes become packets.
 //! - [`listener::Listener`] (actor, one per listening address): accepts TCP connections and
-//!   starts one `Session` per socket on one of N session Arbiters (threads), round-robin. On a
-//!   TLS listener the handshake ([`tls`]) runs first, on that Arbiter; on a WebSocket listener
+//!   starts one `Session` per socket on one of N session Arbiters (threads, with a short
+//!   scheduler time slice: [`sched`]), round-robin. On a TLS listener the handshake ([`tls`]) runs first, on that Arbiter; on a WebSocket listener
 //!   the HTTP upgrade ([`websocket`]) comes next. The Session only gets the split byte stream
 //!   (and the client certificate's username, if the listener maps one).
 //! - [`session::Session`] (actor, one per connection): reads packets from a `FramedRead`
@@ -99,6 +99,7 @@ pub mod messages;
 pub mod mqtt;
 pub mod persist;
 pub mod registry;
+pub mod sched;
 pub mod session;
 pub mod stats;
 pub mod tls;

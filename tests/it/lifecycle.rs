@@ -266,3 +266,24 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
     publisher.send(Packet::PingReq).await;
     publisher.expect(Packet::PingResp).await;
 }
+
+#[test]
+fn session_threads_run_with_the_configured_time_slice() {
+    let slice = Duration::from_micros(4321);
+    let on_the_slice = || {
+        std::fs::read_dir("/proc/self/task")
+            .expect("/proc/self/task")
+            .filter_map(|task| task.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&tid| mqttd::sched::slice_of(tid).ok().flatten() == Some(slice))
+            .count()
+    };
+    if mqttd::sched::slice_of(0).unwrap().is_none() {
+        eprintln!("skipped: this kernel does not report time slices (Linux 6.12+ does)");
+        return;
+    }
+    assert_eq!(on_the_slice(), 0);
+    let mut broker = start_broker_with(|c| c.worker_slice_us = 4321);
+    // One per session Arbiter (the test broker has two), and no other thread.
+    assert_eq!(on_the_slice(), 2);
+    broker.shutdown();
+}
