@@ -2,7 +2,7 @@
 # Compares mqttd with Mosquitto and rumqttd on this machine, using `mqttd bench` as the load
 # generator for all three, and prints one table with the figures and the ratios to mqttd.
 #
-# Usage: tests/bench/compare.sh            (from anywhere; about 10 minutes)
+# Usage: tests/bench/compare.sh            (from anywhere; about 11 minutes)
 #
 # It installs nothing. Get the peers first (a missing one is skipped with a notice):
 #   Mosquitto:  apt-get install -y mosquitto
