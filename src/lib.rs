@@ -8,9 +8,10 @@
 //!   only place where bytes become packets.
 //! - [`listener::Listener`] (actor, one per listening address): accepts TCP connections and
 //!   starts one `Session` per socket on one of N session Arbiters (threads, with a short
-//!   scheduler time slice: [`sched`]), round-robin. On a TLS listener the handshake ([`tls`]) runs first, on that Arbiter; on a WebSocket listener
-//!   the HTTP upgrade ([`websocket`]) comes next. The Session only gets the split byte stream
-//!   (and the client certificate's username, if the listener maps one).
+//!   scheduler time slice: [`sched`]), round-robin. On a TLS listener the handshake ([`tls`])
+//!   runs first, on that Arbiter; on a WebSocket listener the HTTP upgrade ([`websocket`])
+//!   comes next. The Session only gets the split byte stream (and the client certificate's
+//!   username, if the listener maps one).
 //! - [`session::Session`] (actor, one per connection): reads packets from a `FramedRead`
 //!   (wrapped in a stream that also reports the connect timeout and keep-alive silence),
 //!   handles them in one dispatch `match`, writes replies through a `FramedWrite`. All errors go through one function that picks the

@@ -3,7 +3,7 @@
 //! Since Linux 6.6 the scheduler is EEVDF, and since 6.12 a thread can ask for its own slice
 //! (`sched_setattr`, `sched_runtime` of a SCHED_OTHER thread). A thread woken with a shorter
 //! slice than the running one's preempts it at once; with equal slices the running thread
-//! usually keeps the core until it sleeps. The default slice is 0.7 ms times 1 + log2(cores).
+//! usually keeps the core until it sleeps. The default slice is about 0.7 ms times 1 + log2(cores).
 //! A session thread woken by a packet does a few microseconds of work, so a short slice has it
 //! run, and deliver, before the rest of what runs on the core gets back to it (latency at
 //! 1000 msg/s, docs/performance.md: p50 32 -> 19 µs). Its share of the CPU does not change.
