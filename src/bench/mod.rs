@@ -209,8 +209,9 @@ async fn execute(args: &BenchArgs) -> Result<Report, BenchError> {
 
 /// Connections opened at once: enough to keep the broker busy, few enough not to overflow its
 /// listen backlog (a dropped SYN costs a 1 s retransmit and spoils the connect rate). Below
-/// 100, Mosquitto's backlog, the smallest of the brokers compared (mqttd's is 128): at 128,
-/// Mosquitto's overflowed on some runs and measured 1.9k connections/s instead of 20k.
+/// 100, Mosquitto's backlog, the smallest of the brokers compared (mqttd's and rumqttd's are
+/// 128): at 128, Mosquitto's overflowed on some runs and measured 1.9k connections/s instead
+/// of 20k.
 const CONCURRENT_OPENS: usize = 96;
 
 /// Runs `opens` (each opening a connection) with at most `CONCURRENT_OPENS` at a time and
