@@ -196,6 +196,10 @@ async fn execute(args: &BenchArgs) -> Result<Report, BenchError> {
         persistent: args.persistent,
         // No PINGREQ is sent: the keep-alive outlasts the run instead.
         keep_alive: u16::try_from(args.duration + 60).unwrap_or(u16::MAX),
+        buffer: match args.scenario {
+            Scenario::Conn => client::IDLE_BUFFER,
+            _ => client::BUFFER,
+        },
     };
     let mut report = match args.scenario {
         Scenario::Conn => conn::run(args, &options).await?,
