@@ -105,7 +105,14 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         client_id_binding: config.client_id_binding,
     };
     let writer = db::start_writer(&db_path, config.durability);
-    let registry = Registry::new(retained, stored, counters.clone(), writer, settings);
+    let registry = Registry::new(
+        retained,
+        stored,
+        counters.clone(),
+        writer,
+        connection_log.clone(),
+        settings,
+    );
     let router = registry.router();
     let registry = registry.start();
     let shared = Arc::new(Shared {

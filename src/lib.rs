@@ -38,11 +38,13 @@
 //!
 //! All of them are in [`messages`], grouped by recipient:
 //!
-//! - Session -> DbActor: `Authenticate` and `LoadAcl` (CONNECT, and again on `RefreshAcl`),
+//! - Session -> DbActor: `Authenticate` (CONNECT), `LoadAcl` (a CONNECT with a stored Will,
+//!   and `RefreshAcl`),
 //!   `StoreRetained` (a RETAIN publish, before its PUBACK), `LoadPublisherRules` (a SUBSCRIBE
 //!   that matched retained messages, to re-check their publishers).
-//! - Session -> ConnectionLog: `RecordConnect` (before CONNACK), `RecordDisconnect`;
-//!   ConnectionLog -> DbActor: `RecordConnections` (one batch).
+//! - Registry -> ConnectionLog: `RecordConnect` (sent on by `Register`; its answer, awaited
+//!   before CONNACK, carries the connection's ACL rules); Session -> ConnectionLog:
+//!   `RecordDisconnect`; ConnectionLog -> DbActor: `RecordConnections` (one batch).
 //! - Session -> Registry: `Register` (after authentication; refused if the id is bound to
 //!   another user; may close an older connection with the same id; resumes a stored
 //!   session), `Subscribe`, `Unsubscribe`, `Publish`,
@@ -65,8 +67,8 @@
 //! started on an Arbiter ->
 //! CONNECT decoded -> validated -> bans (address, username, flapping client id; before any
 //! password is hashed) -> `Authenticate` (skipped for a certificate identity) ->
-//! `LoadAcl` (alongside `Authenticate` and `Register`, unless a stored Will waits for it) ->
-//! `Register` -> `RecordConnect` -> CONNACK -> packets ... -> DISCONNECT,
+//! [`LoadAcl`, only to check a Will stored with the session] -> `Register` -> (the Registry)
+//! `RecordConnect`, which answers with the ACL rules -> CONNACK -> packets ... -> DISCONNECT,
 //! keep-alive timeout, take-over or shutdown -> Will -> `Unregister` + `RecordDisconnect`.
 //!
 //! # Life of a message

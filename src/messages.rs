@@ -4,6 +4,7 @@
 //! recipient's file. Sending a message to an actor that lacks the handler does not compile, so
 //! nothing else has to be registered.
 
+use actix::dev::Request;
 use actix::prelude::*;
 use bytes::Bytes;
 
@@ -15,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::acl::AclRule;
-use crate::db::DbError;
+use crate::db::{ConnectionLog, DbError};
 use crate::message::{AppMessage, Delivery};
 use crate::mqtt::ReasonCode;
 use crate::persist::{StoreOp, StoredState, StoredWill};
@@ -83,6 +84,9 @@ pub struct Register {
     pub will: Option<StoredWill>,
     /// What the admin API shows about this connection.
     pub info: ConnectionInfo,
+    /// Sent on to the ConnectionLog by the Registry once the connection is registered, so
+    /// that a take-over's end is recorded before its successor's start.
+    pub record: RecordConnect,
 }
 
 /// What a connection told at CONNECT, kept with its Registry entry for the admin API.
@@ -102,7 +106,7 @@ pub struct ConnectionInfo {
 }
 
 /// The answer to `Register`.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Registered {
     /// CONNACK's Session Present [MQTT-3.2.2-2] [MQTT-3.2.2-3].
     pub session_present: bool,
@@ -112,9 +116,13 @@ pub struct Registered {
     pub resend: Vec<Delivery>,
     /// Inbound QoS 2 packet ids still awaiting PUBREL.
     pub inbound_qos2: Vec<u16>,
-    /// Fires once the session's state is committed (persistent sessions only): CONNACK waits
-    /// for it. `false`: the commit failed.
-    pub committed: Option<oneshot::Receiver<bool>>,
+    /// The connection's `clients` row (`Register::record`), sent to the ConnectionLog once
+    /// the session's state is committed; its answer carries the ACL rules. CONNACK waits for
+    /// it. `None` if the connection was refused.
+    pub recorded: Option<Request<ConnectionLog, RecordConnect>>,
+    /// The session's state could not be committed: the connection gets CONNACK 0x80 and is
+    /// not recorded.
+    pub storage_failed: bool,
     /// Refused (`client_id_binding`): the id is held by another user. Nothing was changed;
     /// the connection gets CONNACK 0x87.
     pub bound_to_another_user: bool,
@@ -416,9 +424,9 @@ impl std::fmt::Debug for Authenticate {
 }
 
 /// ConnectionLog -> DbActor: apply `events` to the `clients` table in order, in one
-/// transaction. Reply: the rows each event changed, in the same order.
+/// transaction. Reply: what each event did (with a connect's ACL rules), in the same order.
 #[derive(Message, Debug)]
-#[rtype(result = "Result<Vec<usize>, DbError>")]
+#[rtype(result = "Result<Vec<crate::db::queries::Applied>, DbError>")]
 pub struct RecordConnections {
     pub events: Vec<ConnectionEvent>,
 }
@@ -508,9 +516,11 @@ pub struct Ping;
 
 // ---- handled by ConnectionLog (group commit of the `clients` table) --------------------------
 
-/// Session -> ConnectionLog: `client_id` connected. Reply: once the row is committed.
+/// Registry -> ConnectionLog (for a session, see `Register`): `client_id` connected. Reply:
+/// once the row is committed, the ACL rules that apply to the connection (as `LoadAcl`),
+/// read in the same transaction.
 #[derive(Message, Debug)]
-#[rtype(result = "Result<(), DbError>")]
+#[rtype(result = "Result<Vec<AclRule>, DbError>")]
 pub struct RecordConnect {
     pub client_id: String,
     /// Unique per connection, so that a late disconnect of a taken-over connection does not

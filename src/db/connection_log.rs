@@ -15,7 +15,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use super::queries::Applied;
 use super::{DbActor, DbError};
+use crate::acl::AclRule;
 use crate::messages::{
     CloseOpenConnections, ConnectionEvent, RecordConnect, RecordConnections, RecordDisconnect,
 };
@@ -23,7 +25,7 @@ use crate::messages::{
 /// Most records in one transaction, so that one batch does not hold the write lock for long.
 const MAX_BATCH: usize = 1024;
 
-type Done = oneshot::Sender<Result<usize, Arc<DbError>>>;
+type Done = oneshot::Sender<Result<Applied, Arc<DbError>>>;
 
 pub struct ConnectionLog {
     db: Addr<DbActor>,
@@ -42,12 +44,12 @@ impl ConnectionLog {
         }
     }
 
-    /// Queues `event` and resolves to the rows it changed once it is committed.
+    /// Queues `event` and resolves to what it did once it is committed.
     fn record(
         &mut self,
         event: ConnectionEvent,
         ctx: &mut Context<Self>,
-    ) -> impl Future<Output = Result<usize, DbError>> + 'static {
+    ) -> impl Future<Output = Result<Applied, DbError>> + 'static {
         let (done, committed) = oneshot::channel();
         self.queued.push((event, done));
         self.commit(ctx);
@@ -78,10 +80,10 @@ impl ConnectionLog {
                     Err(e) => Err(Arc::new(DbError::Unavailable(e.to_string()))),
                 };
                 match result {
-                    Ok(rows) => {
-                        for (done, rows) in waiting.into_iter().zip(rows) {
+                    Ok(applied) => {
+                        for (done, applied) in waiting.into_iter().zip(applied) {
                             // A sender that went away no longer needs the answer.
-                            let _ = done.send(Ok(rows));
+                            let _ = done.send(Ok(applied));
                         }
                     }
                     Err(e) => {
@@ -101,11 +103,11 @@ impl Actor for ConnectionLog {
 }
 
 impl Handler<RecordConnect> for ConnectionLog {
-    type Result = ResponseFuture<Result<(), DbError>>;
+    type Result = ResponseFuture<Result<Vec<AclRule>, DbError>>;
 
     fn handle(&mut self, msg: RecordConnect, ctx: &mut Context<Self>) -> Self::Result {
         let committed = self.record(ConnectionEvent::Connect(msg), ctx);
-        Box::pin(async move { committed.await.map(drop) })
+        Box::pin(async move { committed.await.map(|applied| applied.rules) })
     }
 }
 
@@ -122,13 +124,17 @@ impl Handler<CloseOpenConnections> for ConnectionLog {
     type Result = ResponseFuture<Result<usize, DbError>>;
 
     fn handle(&mut self, msg: CloseOpenConnections, ctx: &mut Context<Self>) -> Self::Result {
-        Box::pin(self.record(ConnectionEvent::CloseOpen(msg), ctx))
+        let committed = self.record(ConnectionEvent::CloseOpen(msg), ctx);
+        Box::pin(async move { committed.await.map(|applied| applied.rows) })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::acl::AclAction::Publish;
+    use crate::acl::AclPermission::Allow;
+    use crate::acl::AclSubject;
     use crate::db::{Durability, open_connection, queries, start};
     use diesel::connection::SimpleConnection;
     use futures_util::FutureExt;
@@ -162,12 +168,24 @@ mod tests {
         let mut pending = Vec::new();
         for i in 0..100 {
             let id = format!("c{i}");
-            pending.push(log.send(connect(&id, 1)).boxed_local());
-            pending.push(log.send(disconnect(&id, 1)).boxed_local());
-            pending.push(log.send(connect(&id, 2)).boxed_local());
+            pending.push(
+                log.send(connect(&id, 1))
+                    .map(|r| r.unwrap().map(drop))
+                    .boxed_local(),
+            );
+            pending.push(
+                log.send(disconnect(&id, 1))
+                    .map(|r| r.unwrap())
+                    .boxed_local(),
+            );
+            pending.push(
+                log.send(connect(&id, 2))
+                    .map(|r| r.unwrap().map(drop))
+                    .boxed_local(),
+            );
         }
         for done in futures_util::future::join_all(pending).await {
-            done.unwrap().unwrap();
+            done.unwrap();
         }
         let conn = &mut open_connection(&path, Durability::default()).unwrap();
         for i in 0..100 {
@@ -176,6 +194,23 @@ mod tests {
                 .unwrap();
             assert_eq!((row.connection_id, row.disconnected_at_ms), (2, None));
         }
+    }
+
+    #[actix::test]
+    async fn a_connect_record_answers_with_the_rules_of_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db").display().to_string();
+        let log = ConnectionLog::new(start(&path, 1, Durability::default()).unwrap()).start();
+        let conn = &mut open_connection(&path, Durability::default()).unwrap();
+        let mut rule = |subject: AclSubject, topic: &str| {
+            queries::add_rule(conn, &subject, Publish, Allow, topic, 1).unwrap();
+        };
+        rule(AclSubject::Client("a".into()), "for/a");
+        rule(AclSubject::Client("b".into()), "for/b");
+        rule(AclSubject::All, "for/all");
+        let rules = log.send(connect("a", 1)).await.unwrap().unwrap();
+        let topics: Vec<&str> = rules.iter().map(|r| r.topic.as_str()).collect();
+        assert_eq!(topics, ["for/a", "for/all"]);
     }
 
     #[actix::test]
@@ -190,8 +225,11 @@ mod tests {
         let results =
             futures_util::future::join(log.send(connect("a", 1)), log.send(disconnect("b", 1)))
                 .await;
-        for result in [results.0.unwrap(), results.1.unwrap()] {
-            let err = result.unwrap_err();
+        let errors = [
+            results.0.unwrap().unwrap_err(),
+            results.1.unwrap().unwrap_err(),
+        ];
+        for err in errors {
             assert!(err.to_string().contains("no such table: clients"), "{err}");
         }
     }

@@ -206,12 +206,12 @@ impl Handler<Authenticate> for DbActor {
 }
 
 impl Handler<RecordConnections> for DbActor {
-    type Result = Result<Vec<usize>, DbError>;
+    type Result = Result<Vec<queries::Applied>, DbError>;
 
     fn handle(&mut self, msg: RecordConnections, _: &mut Self::Context) -> Self::Result {
         let rows = queries::record_connections(&mut self.conn, &msg.events)?;
-        for (event, rows) in msg.events.iter().zip(&rows) {
-            if let (ConnectionEvent::Disconnect(d), 0) = (event, rows) {
+        for (event, applied) in msg.events.iter().zip(&rows) {
+            if let (ConnectionEvent::Disconnect(d), 0) = (event, applied.rows) {
                 log::debug!(
                     "disconnect of {:?} connection {} not recorded: a newer connection owns the row",
                     d.client_id,

@@ -169,13 +169,23 @@ pub fn close_open_connections(
     )
 }
 
-/// Applies `events` in order in one transaction (a group commit of the ConnectionLog).
-/// Returns the rows each event changed: 1 for a connect, 0 or 1 for a disconnect (0: a newer
-/// connection owns the row), the count for a close-open.
+/// What one event of [`record_connections`] did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Applied {
+    /// 1 for a connect, 0 or 1 for a disconnect (0: a newer connection owns the row), the
+    /// count for a close-open.
+    pub rows: usize,
+    /// For a connect: the rules that apply to it ([`rules_for`]), read in the same
+    /// transaction, so that accepting a connection costs one database round trip.
+    pub rules: Vec<AclRule>,
+}
+
+/// Applies `events` in order in one transaction (a group commit of the ConnectionLog), and
+/// returns what each did.
 pub fn record_connections(
     conn: &mut SqliteConnection,
     events: &[ConnectionEvent],
-) -> Result<Vec<usize>, DbError> {
+) -> Result<Vec<Applied>, DbError> {
     conn.immediate_transaction(|conn| {
         let mut rows = Vec::with_capacity(events.len());
         let mut rest = events;
@@ -191,7 +201,8 @@ pub fn record_connections(
                         connected_at_ms: c.at_ms,
                     };
                     record_connect(conn, &record)?;
-                    rows.push(1);
+                    let rules = rules_for(conn, c.username.as_deref(), &c.client_id)?;
+                    rows.push(Applied { rows: 1, rules });
                     1
                 }
                 ConnectionEvent::Disconnect(_) => {
@@ -204,11 +215,17 @@ pub fn record_connections(
                         })
                         .collect();
                     let written = record_disconnects(conn, &ended)?;
-                    rows.extend(written.into_iter().map(usize::from));
+                    rows.extend(written.into_iter().map(|done| Applied {
+                        rows: usize::from(done),
+                        rules: Vec::new(),
+                    }));
                     ended.len()
                 }
                 ConnectionEvent::CloseOpen(c) => {
-                    rows.push(close_open_connections(conn, c.at_ms, &c.reason)?);
+                    rows.push(Applied {
+                        rows: close_open_connections(conn, c.at_ms, &c.reason)?,
+                        rules: Vec::new(),
+                    });
                     1
                 }
             };

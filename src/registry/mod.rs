@@ -38,11 +38,11 @@ use log::{debug, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::unix_millis;
-use crate::db::DbActor;
+use crate::db::{ConnectionLog, DbActor};
 use crate::message::{AppMessage, Delivery};
 use crate::messages::{
     AckStep, Acknowledged, AclRefreshed, AclReload, ActiveClients, Close, Commit, Flush, Publish,
-    RefreshAcl, Register, Registered, ReloadAcl, Shutdown, StoreRetained, Subscribe,
+    RecordConnect, RefreshAcl, Register, Registered, ReloadAcl, Shutdown, StoreRetained, Subscribe,
     SubscribeOutcome, SubscribeReply, Unregister, Unsubscribe,
 };
 use crate::messages::{
@@ -137,6 +137,8 @@ pub struct Registry {
     journal: Journal,
     /// The database actor thread that commits the journal (one writer).
     db: Addr<DbActor>,
+    /// Records each registered connection (see `Register::record`).
+    log: Addr<ConnectionLog>,
     /// The subscriptions, and where each client's deliveries go; shared with the sessions,
     /// which route through it directly (see `router`).
     router: Arc<Router>,
@@ -200,6 +202,7 @@ impl Registry {
         stored: StoredState,
         counters: Arc<Counters>,
         db: Addr<DbActor>,
+        log: Addr<ConnectionLog>,
         settings: Settings,
     ) -> Registry {
         let mut retained = RetainedStore::new();
@@ -263,6 +266,7 @@ impl Registry {
             kept,
             journal,
             db,
+            log,
             router,
             retained,
             counters,
@@ -714,10 +718,16 @@ impl Registry {
 
 impl Registry {
     /// The persistent-session side of a new connection: resume, discard or create the stored
-    /// session, and journal it.
-    fn open_session(&mut self, msg: &mut Register, ctx: &mut Context<Self>) -> Registered {
+    /// session, and journal it. Also returns what fires once that is committed, for a session
+    /// that is stored.
+    fn open_session(
+        &mut self,
+        msg: &mut Register,
+        ctx: &mut Context<Self>,
+    ) -> (Registered, Option<oneshot::Receiver<bool>>) {
         let client = msg.client_id.clone();
         let mut reply = Registered::default();
+        let mut committed = None;
         if let Some(mut old) = self.kept.remove(&client) {
             if msg.clean_start {
                 // [MQTT-3.1.2-4]: the old session ends, and a Will it still owed goes now.
@@ -760,10 +770,10 @@ impl Registry {
                 expiry_interval: msg.expiry_interval,
                 will: msg.will.take(),
             });
-            reply.committed = Some(self.journal.committed());
+            committed = Some(self.journal.committed());
         }
         self.commit_soon(ctx);
-        reply
+        (reply, committed)
     }
 
     /// `client_id_binding` (§5.4.2): whether the id is held, by a connection or a stored
@@ -814,7 +824,10 @@ impl Handler<Register> for Registry {
                 }
             });
         }
-        let reply = self.open_session(&mut msg, ctx);
+        let (reply, committed) = self.open_session(&mut msg, ctx);
+        // Recorded from here rather than by the session once this replies: one round trip
+        // between the session's thread and this one less per connection.
+        let recorded = record_once_committed(reply, committed, self.log.clone(), msg.record);
         let stored = self.kept.contains_key(&msg.client_id);
         self.router
             .update()
@@ -851,12 +864,31 @@ impl Handler<Register> for Registry {
                         old.abort.trigger();
                         let _ = tokio::time::timeout(TAKEOVER_WAIT, close).await;
                     }
-                    reply
+                    recorded.await
                 })
             }
-            None => Box::pin(async { reply }),
+            None => Box::pin(recorded),
         }
     }
+}
+
+/// Sends `record` to the ConnectionLog once the session's state is `committed` (if it is
+/// stored), and resolves to `reply` with the pending answer: a connection refused because
+/// its session could not be stored is never recorded as connected.
+async fn record_once_committed(
+    mut reply: Registered,
+    committed: Option<oneshot::Receiver<bool>>,
+    log: Addr<ConnectionLog>,
+    record: RecordConnect,
+) -> Registered {
+    if let Some(committed) = committed
+        && committed.await != Ok(true)
+    {
+        reply.storage_failed = true;
+        return reply;
+    }
+    reply.recorded = Some(log.send(record));
+    reply
 }
 
 impl Handler<Unregister> for Registry {

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures_util::future::join;
 use log::{error, info};
 
 use super::{Client, Phase, Session, SessionError};
@@ -138,7 +137,6 @@ impl Session {
             self.open_queue()
         };
         let db = self.shared.db.clone();
-        let log = self.shared.connection_log.clone();
         let registry = self.shared.registry.clone();
         let will = self
             .client
@@ -146,6 +144,14 @@ impl Session {
             .and_then(|c| c.will.as_ref())
             .filter(|_| session_expiry > 0)
             .map(|w| StoredWill::new(w, &client_id));
+        let record = RecordConnect {
+            client_id: client_id.to_string(),
+            connection_id: self.conn_id as i64,
+            username: connect.username.clone(),
+            address: self.peer.to_string(),
+            protocol_version: version as i32,
+            at_ms: unix_millis(),
+        };
         let mut register = Register {
             client_id: client_id.clone(),
             conn_id: self.conn_id,
@@ -163,21 +169,10 @@ impl Session {
                 connected_at_ms: unix_millis(),
                 inflight: self.inflight_gauge.clone(),
             },
+            record,
         };
         let acl_default = self.shared.config.acl_default == AclDefault::Allow;
-        let record = RecordConnect {
-            client_id: client_id.to_string(),
-            connection_id: self.conn_id as i64,
-            username: connect.username.clone(),
-            address: self.peer.to_string(),
-            protocol_version: version as i32,
-            at_ms: unix_millis(),
-        };
-        let load_acl = LoadAcl {
-            username: connect.username.clone(),
-            client_id: client_id.to_string(),
-        };
-        let username_for_acl = connect.username.clone();
+        let acl_username = connect.username.clone();
         let acl_client = client_id.clone();
         let flapping_id = client_id.clone();
         let username = connect.username;
@@ -187,10 +182,6 @@ impl Session {
         // `wait` holds back every other packet and message until this resolves: nothing
         // pipelined after CONNECT is handled before the client is accepted [MQTT-3.1.4-2].
         async move {
-            // Sent at once, so the rules are read while the password is checked and the client
-            // registers: they decide only what the client may do once accepted, and whether
-            // a stored Will is kept (only then are they awaited before registering).
-            let load_acl = db.send(load_acl);
             if let Some(username) = username.filter(|_| !cert_authenticated) {
                 match db.send(Authenticate { username, password }).await {
                     Ok(Ok(true)) => {}
@@ -204,40 +195,33 @@ impl Session {
                 Ok(Err(e)) => Err(unavailable(&e)),
                 Err(e) => Err(unavailable(&e)),
             };
-            let (rules, registered) = if register.will.is_some() {
-                let rules: Vec<AclRule> = loaded(load_acl.await)?;
+            if register.will.is_some() {
+                let load_acl = LoadAcl {
+                    username: acl_username.clone(),
+                    client_id: acl_client.to_string(),
+                };
+                let rules: Vec<AclRule> = loaded(db.send(load_acl).await)?;
                 // A Will stored for after a crash must be one the client may publish.
-                let acl = Acl::new(
-                    rules.clone(),
-                    username_for_acl.as_deref(),
-                    &acl_client,
-                    acl_default,
-                );
+                let acl = Acl::new(rules, acl_username.as_deref(), &acl_client, acl_default);
                 register.will = register
                     .will
                     .filter(|w| super::may_publish(&acl, &w.message.topic));
-                (rules, registry.send(register).await)
-            } else {
-                // A failure to load the rules after registering ends the connection like a
-                // failure to record it would: `stopped` unregisters it.
-                let (rules, registered) = join(load_acl, registry.send(register)).await;
-                (loaded(rules)?, registered)
-            };
-            let mut registered = registered.map_err(|e| unavailable(&e))?;
+            }
+            let mut registered = registry.send(register).await.map_err(|e| unavailable(&e))?;
             if registered.bound_to_another_user {
                 return Err(SessionError::ClientIdBound);
             }
             // Session Present and the session's state are promised only once committed.
-            if let Some(committed) = registered.committed.take()
-                && committed.await != Ok(true)
-            {
+            if registered.storage_failed {
                 return Err(SessionError::StorageFailed);
             }
-            match log.send(record).await {
-                Ok(Ok(())) => Ok((rules, registered)),
-                Ok(Err(e)) => Err(unavailable(&e)),
-                Err(e) => Err(unavailable(&e)),
-            }
+            let Some(recorded) = registered.recorded.take() else {
+                return Err(unavailable(&"the broker is shutting down"));
+            };
+            // The rules come with the committed record: one database round trip. A failure
+            // ends the connection; `stopped` unregisters it.
+            let rules = loaded(recorded.await)?;
+            Ok((rules, registered))
         }
         .into_actor(self)
         .map(move |result, act, ctx| match result {
