@@ -170,7 +170,7 @@ pub fn close_open_connections(
 }
 
 /// What one event of [`record_connections`] did.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug)]
 pub struct Applied {
     /// 1 for a connect, 0 or 1 for a disconnect (0: a newer connection owns the row), the
     /// count for a close-open.
