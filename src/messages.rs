@@ -4,7 +4,6 @@
 //! recipient's file. Sending a message to an actor that lacks the handler does not compile, so
 //! nothing else has to be registered.
 
-use actix::dev::Request;
 use actix::prelude::*;
 use bytes::Bytes;
 
@@ -16,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::acl::AclRule;
-use crate::db::{ConnectionLog, DbError};
+use crate::db::DbError;
 use crate::message::{AppMessage, Delivery};
 use crate::mqtt::ReasonCode;
 use crate::persist::{StoreOp, StoredState, StoredWill};
@@ -62,7 +61,8 @@ pub enum AclRefreshed {
 /// refuses it (the id is held by another user). An older connection with the same
 /// id is sent `Close { reason: SessionTakenOver }` first. A persistent session (Session Expiry
 /// Interval > 0) is resumed unless `clean_start` discards it [MQTT-3.1.2-4]. Reply: once the
-/// old connection's end is recorded, what the new connection resumes with.
+/// old connection's end and this connection's start are recorded, what the new connection
+/// resumes with.
 #[derive(Message)]
 #[rtype(result = "Registered")]
 pub struct Register {
@@ -116,10 +116,11 @@ pub struct Registered {
     pub resend: Vec<Delivery>,
     /// Inbound QoS 2 packet ids still awaiting PUBREL.
     pub inbound_qos2: Vec<u16>,
-    /// The connection's `clients` row (`Register::record`), sent to the ConnectionLog once
-    /// the session's state is committed; its answer carries the ACL rules. CONNACK waits for
-    /// it. `None` if the connection was refused.
-    pub recorded: Option<Request<ConnectionLog, RecordConnect>>,
+    /// The ConnectionLog's answer to the connection's `clients` row (`Register::record`),
+    /// sent once the session's state is committed: the ACL rules. `Register` is answered only
+    /// once the row is committed, so that the session is woken once, not twice. `None` if the
+    /// connection was refused.
+    pub recorded: Option<Result<Result<Vec<AclRule>, DbError>, MailboxError>>,
     /// The session's state could not be committed: the connection gets CONNACK 0x80 and is
     /// not recorded.
     pub storage_failed: bool,

@@ -873,8 +873,8 @@ impl Handler<Register> for Registry {
 }
 
 /// Sends `record` to the ConnectionLog once the session's state is `committed` (if it is
-/// stored), and resolves to `reply` with the pending answer: a connection refused because
-/// its session could not be stored is never recorded as connected.
+/// stored), and resolves to `reply` with its answer: a connection refused because its
+/// session could not be stored is never recorded as connected.
 async fn record_once_committed(
     mut reply: Registered,
     committed: Option<oneshot::Receiver<bool>>,
@@ -887,7 +887,7 @@ async fn record_once_committed(
         reply.storage_failed = true;
         return reply;
     }
-    reply.recorded = Some(log.send(record));
+    reply.recorded = Some(log.send(record).await);
     reply
 }
 

@@ -220,7 +220,7 @@ impl Session {
             };
             // The rules come with the committed record: one database round trip. A failure
             // ends the connection; `stopped` unregisters it.
-            let rules = loaded(recorded.await)?;
+            let rules = loaded(recorded)?;
             Ok((rules, registered))
         }
         .into_actor(self)

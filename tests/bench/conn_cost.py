@@ -2,7 +2,7 @@
 """Where a broker's time goes while `mqttd bench conn` opens connections.
 
 Usage: tests/bench/conn_cost.py [--broker mqttd|mosquitto] [--clients N] [--runs R]
-                                [--config-line 'key = value' ...]
+                                [--config-line 'key = value' ...] [--mqttd PATH ...]
 
 Starts a fresh broker per run on a free loopback port, opens N connections with
 `mqttd bench conn` (release build), and, at the moment the generator reports them all open,
@@ -10,7 +10,8 @@ reads each broker thread's CPU time (schedstat) and context switches (/proc/PID/
 the share of the machine's CPUs that were busy (/proc/stat). Prints one line per run: the
 connection rate, the busy share, broker CPU per connection, and per thread CPU (µs) and
 context switches per connection. mqttd's unnamed threads besides the main one are the
-DbActor's. docs/performance.md ("Run after the connect path changes") explains the figures.
+DbActor's. With several `--mqttd` binaries (two builds to compare), each run starts each of
+them in turn; the generator is always the release build. docs/performance.md ("Run after the connect path changes") explains the figures.
 Standard library only; Linux only.
 """
 
@@ -65,7 +66,7 @@ def cpu_times():
     return sum(values), values[3]
 
 
-def start_broker(broker, work, port, config_lines):
+def start_broker(broker, binary, work, port, config_lines):
     if broker == "mqttd":
         config = os.path.join(work, "mqttd.toml")
         with open(config, "w") as f:
@@ -73,7 +74,7 @@ def start_broker(broker, work, port, config_lines):
             f.write(f'db_path = "{work}/mqttd.db"\n')
             f.writelines(line + "\n" for line in config_lines)
             f.write(f'[[listener]]\nbind = "127.0.0.1:{port}"\n')
-        command = [MQTTD, "--config", config]
+        command = [binary, "--config", config]
     else:
         config = os.path.join(work, "mosquitto.conf")
         with open(config, "w") as f:
@@ -93,9 +94,9 @@ def start_broker(broker, work, port, config_lines):
     sys.exit(f"{broker} did not start listening on {port}")
 
 
-def run(args, work):
+def run(args, binary, work):
     port = free_port()
-    broker = start_broker(args.broker, work, port, args.config_line)
+    broker = start_broker(args.broker, binary, work, port, args.config_line)
     try:
         time.sleep(0.3)
         before, machine_before = threads(broker.pid), cpu_times()
@@ -124,7 +125,8 @@ def run(args, work):
         total += cpu
         if cpu >= 0.05:
             parts.append(f"{name}: {cpu:.1f} µs, {(switches - old[2]) / args.clients:.2f} cs")
-    print(f"{args.broker}: {float(rate):.0f} conn/s, {busy:.0%} of CPUs busy, "
+    label = binary if args.broker == "mqttd" and len(args.mqttd) > 1 else args.broker
+    print(f"{label}: {float(rate):.0f} conn/s, {busy:.0%} of CPUs busy, "
           f"{total:.1f} µs broker CPU per connection ({'; '.join(parts)})")
 
 
@@ -135,12 +137,16 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--config-line", action="append", default=[],
                         help="a top-level line added to mqttd's configuration")
+    parser.add_argument("--mqttd", action="append",
+                        help="an mqttd binary to start as the broker (default: the release build)")
     args = parser.parse_args()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    args.mqttd = args.mqttd or [MQTTD]
     for _ in range(args.runs):
-        with tempfile.TemporaryDirectory() as work:
-            run(args, work)
+        for binary in args.mqttd:
+            with tempfile.TemporaryDirectory() as work:
+                run(args, binary, work)
 
 
 if __name__ == "__main__":
