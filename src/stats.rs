@@ -2,7 +2,7 @@
 //! statistics, not synchronisation), and the `$SYS` load averages computed from them.
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::mqtt::QoS;
@@ -54,7 +54,7 @@ pub struct Counters {
     pub connections_refused: AtomicU64,
     /// Deliveries written to an idle subscriber's socket by the publisher's thread (see
     /// `session::bypass`); also counted in `messages_sent`.
-    pub messages_direct: AtomicU64,
+    pub messages_direct: Striped,
 }
 
 impl Counters {
@@ -125,7 +125,7 @@ impl Counters {
                 "messages_direct",
                 "Deliveries written to an idle subscriber's socket by the publisher's thread \
                  (also in messages_sent)",
-                Self::get(messages_direct),
+                messages_direct.get(),
             ),
             (
                 "dropped_qos0",
@@ -202,9 +202,42 @@ impl Counters {
     }
 }
 
+/// Threads that add to a [`Striped`] counter without sharing a stripe; more share them.
+const STRIPES: usize = 8;
+
+/// A counter added to on every PUBLISH by every session thread: one stripe per thread, each on
+/// its own cache lines, summed when read. A single atomic bounced its cache line between the
+/// threads on every delivery (a fifth of a fan-out's time delivering, in `perf annotate`).
+#[derive(Debug, Default)]
+pub struct Striped([Stripe; STRIPES]);
+
+/// 128 bytes: the CPU prefetches cache lines in pairs.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+impl Striped {
+    pub fn add_n(&self, n: usize) {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        }
+        let stripe = STRIPE.with(|s| *s);
+        self.0[stripe].0.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn add(&self) {
+        self.add_n(1);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
 /// A counter per QoS level.
 #[derive(Debug, Default)]
-pub struct ByQos([AtomicU64; 3]);
+pub struct ByQos([Striped; 3]);
 
 impl ByQos {
     pub fn add(&self, qos: QoS) {
@@ -212,12 +245,12 @@ impl ByQos {
     }
 
     pub fn add_n(&self, qos: QoS, n: usize) {
-        self.0[qos as usize].fetch_add(n as u64, Ordering::Relaxed);
+        self.0[qos as usize].add_n(n);
     }
 
     /// QoS 0, 1 and 2.
     pub fn read(&self) -> [u64; 3] {
-        self.0.each_ref().map(Counters::get)
+        self.0.each_ref().map(Striped::get)
     }
 
     pub fn total(&self) -> u64 {
@@ -414,6 +447,25 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn a_striped_counter_sums_what_every_thread_added() {
+        let counter = ByQos::default();
+        // More threads than stripes, so that some share one.
+        std::thread::scope(|s| {
+            for _ in 0..STRIPES * 2 + 1 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        counter.add(QoS::AtLeastOnce);
+                    }
+                    counter.add_n(QoS::ExactlyOnce, 5);
+                });
+            }
+        });
+        let threads = (STRIPES * 2 + 1) as u64;
+        assert_eq!(counter.read(), [0, 1000 * threads, 5 * threads]);
+        assert_eq!(counter.total(), 1005 * threads);
     }
 
     #[test]

@@ -406,7 +406,7 @@ impl Bypass {
                 return false;
             }
         }
-        Counters::add(&counters.messages_direct);
+        counters.messages_direct.add();
         counters.messages_sent.add(qos);
         counters.bytes_sent.add_n(qos, message.payload.len());
         true
