@@ -2,7 +2,7 @@
 # Compares mqttd with Mosquitto and rumqttd on this machine, using `mqttd bench` as the load
 # generator for all three, and prints one table with the figures and the ratios to mqttd.
 #
-# Usage: tests/bench/compare.sh            (from anywhere; about 11 minutes)
+# Usage: tests/bench/compare.sh            (from anywhere; about 13 minutes)
 #
 # It installs nothing. Get the peers first (a missing one is skipped with a notice):
 #   Mosquitto:  apt-get install -y mosquitto
@@ -22,10 +22,13 @@
 # The brokers take turns scenario by scenario, so that a change in the machine's background
 # load (other guests on the host) spreads over all of them. Latency moves by more between two
 # runs (±10 %) than the brokers differ by, so the latency scenarios run in rounds, each broker
-# once per round in rotating order, and the table shows the median over the rounds.
+# once per round in rotating order, and the table shows the median over the rounds. The
+# connection rate moves by as much (one run at 19,000 connections, over in a second), so the
+# conn scenarios run in rounds too.
 #
 # Environment: BENCH_DURATION (seconds per scenario, default 5), BENCH_LATENCY_ROUNDS (rounds
-# of each latency scenario, default 5), BENCH_MQTT (5 or 3, default 5; rumqttd uses its v5 or
+# of each latency scenario, default 5), BENCH_CONN_ROUNDS (rounds of each conn scenario,
+# default 3), BENCH_MQTT (5 or 3, default 5; rumqttd uses its v5 or
 # v4 listener to match), BENCH_PORT (first of three ports, default 18830), BENCH_BROKERS
 # (default "mqttd mosquitto rumqttd").
 set -euo pipefail
@@ -33,6 +36,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DURATION=${BENCH_DURATION:-5}
 LATENCY_ROUNDS=${BENCH_LATENCY_ROUNDS:-5}
+CONN_ROUNDS=${BENCH_CONN_ROUNDS:-3}
 MQTT=${BENCH_MQTT:-5}
 PORT=${BENCH_PORT:-18830}
 BROKERS=${BENCH_BROKERS:-mqttd mosquitto rumqttd}
@@ -224,6 +228,7 @@ for entry in "${SCENARIOS[@]}"; do
     IFS='|' read -r name metrics args <<<"$entry"
     rounds=1
     [[ $args == latency* ]] && rounds=$LATENCY_ROUNDS
+    [[ $args == conn* ]] && rounds=$CONN_ROUNDS
     for ((round = 0; round < rounds; round++)); do
         # Rotating order: no broker always runs first, or right after the same peer.
         for ((i = 0; i < ${#ran[@]}; i++)); do
@@ -244,7 +249,7 @@ echo "Note: the load generator shares the machine's cores with the broker."
 echo "Throughput = messages received by all subscribers per second; latency in us (lower is"
 echo "better); ratio = peer / mqttd; lost/err = share of expected deliveries lost / clients"
 echo "that failed (the worst round). Each run has a freshly started broker. Latency: the median"
-echo "over $LATENCY_ROUNDS rounds, the brokers taking turns."
+echo "over $LATENCY_ROUNDS rounds, conn: over $CONN_ROUNDS, the brokers taking turns."
 printf '%-20s %-18s' scenario metric
 for broker in "${ran[@]}"; do
     printf ' %12s' "$broker"
