@@ -11,7 +11,8 @@ the share of the machine's CPUs that were busy (/proc/stat). Prints one line per
 connection rate, the busy share, broker CPU per connection, and per thread CPU (µs) and
 context switches per connection. mqttd's unnamed threads besides the main one are the
 DbActor's. With several `--mqttd` binaries (two builds to compare), each run starts each of
-them in turn; the generator is always the release build. docs/performance.md ("Run after the connect path changes") explains the figures.
+them in turn; the generator is always the release build. docs/performance.md ("Run after
+the connect path changes" and the sections after it) explains the figures.
 Standard library only; Linux only.
 """
 
