@@ -8,9 +8,9 @@ Starts a fresh broker per run on a free loopback port, opens N connections with
 `mqttd bench conn` (release build), and, at the moment the generator reports them all open,
 reads each broker thread's CPU time (schedstat) and context switches (/proc/PID/task/*), and
 the share of the machine's CPUs that were busy (/proc/stat). Prints one line per run: the
-connection rate, the busy share, broker CPU per connection, and per thread CPU (µs) and
-context switches per connection. mqttd's unnamed threads besides the main one are the
-DbActor's. With several `--mqttd` binaries (two builds to compare), each run starts each of
+connection rate, the busy share, broker CPU per connection, per thread CPU (µs) and context
+switches per connection, and the generator's CPU per connection. mqttd's unnamed threads
+besides the main one are the DbActor's. With several `--mqttd` binaries (two builds to compare), each run starts each of
 them in turn; the generator is always the release build. docs/performance.md ("Run after
 the connect path changes" and the sections after it) explains the figures.
 Standard library only; Linux only.
@@ -106,10 +106,11 @@ def run(args, binary, work):
              "--duration", "1"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        after = machine_after = None
+        after = machine_after = generator = None
         for line in bench.stderr:
             if line.startswith("opened"):
                 after, machine_after = threads(broker.pid), cpu_times()
+                generator = sum(on_cpu_ns for _, on_cpu_ns, _ in threads(bench.pid).values())
                 break
         out = bench.communicate()[0]
     finally:
@@ -128,7 +129,8 @@ def run(args, binary, work):
             parts.append(f"{name}: {cpu:.1f} µs, {(switches - old[2]) / args.clients:.2f} cs")
     label = binary if args.broker == "mqttd" and len(args.mqttd) > 1 else args.broker
     print(f"{label}: {float(rate):.0f} conn/s, {busy:.0%} of CPUs busy, "
-          f"{total:.1f} µs broker CPU per connection ({'; '.join(parts)})")
+          f"{total:.1f} µs broker CPU per connection ({'; '.join(parts)}); "
+          f"generator {generator / 1000 / args.clients:.1f} µs")
 
 
 def main():
